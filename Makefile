@@ -1,0 +1,49 @@
+# ppmseg: every target installs what it needs (virtual environments, PyPI packages).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+REF_VENV := .venv-ref
+PY := $(VENV)/bin/python
+REF_PY := $(REF_VENV)/bin/python
+PPMSEG := $(VENV)/bin/ppmseg
+REFERENCE_DIR := .cache/reference
+MODEL ?= tiny
+
+.PHONY: help setup reference test lint demo info clean
+
+help:  ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+setup: $(VENV)/.installed  ## Create .venv with the pinned dependencies
+
+$(REF_VENV)/.installed: tests/reference/requirements.txt
+	@test -x $(REF_PY) || $(PYTHON) -m venv $(REF_VENV)
+	$(REF_PY) -m pip install -q -r tests/reference/requirements.txt
+	$(REF_PY) -m pip install -q --no-deps paddleseg==2.8.0
+	@touch $@
+
+$(REFERENCE_DIR)/manifest.json: $(REF_VENV)/.installed tests/reference/generate.py
+	$(REF_PY) -W ignore tests/reference/generate.py $(REFERENCE_DIR)
+
+reference: $(REFERENCE_DIR)/manifest.json  ## PaddleSeg reference checkpoints and outputs (own venv)
+
+lint: setup  ## ruff
+	$(VENV)/bin/ruff check .
+
+test: setup reference lint  ## Lint and run the whole test suite
+	PPMSEG_REFERENCE_DIR=$(REFERENCE_DIR) $(VENV)/bin/pytest -q
+
+info: setup  ## Parameters, GFLOPs and stage shapes (MODEL=tiny|base)
+	$(PPMSEG) info --model $(MODEL)
+
+demo: setup  ## Segment a real photograph; writes demo/labels.png and demo/overlay.png
+	$(PPMSEG) demo --model $(MODEL) -o demo
+
+clean:  ## Remove build outputs (keeps the virtual environments)
+	rm -rf demo .cache .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""PP-MobileSeg in plain PyTorch (no TVM needed to import or test it)."""

@@ -1,0 +1,1 @@
+"""The stages composed: export, import, build, runtime, reports and the CLI."""

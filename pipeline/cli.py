@@ -1,0 +1,164 @@
+"""``ppmseg``: the command line front door."""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from model.pp_mobileseg import VARIANTS
+from model.upsample import OUTPUT_MODES
+
+MODEL_OPTION = click.option("--model", "model_name", type=click.Choice(sorted(VARIANTS)), default="tiny",
+                            show_default=True, help="PP-MobileSeg variant.")
+WEIGHTS_OPTION = click.option("--weights", type=click.Path(dir_okay=False, path_type=Path),
+                              help="Converted .pt (or a .pdparams directly); default: fixed random init.")
+SIZE_OPTION = click.option("--input-size", "input_size", metavar="HxW",
+                           help="Model input size, rows x columns (e.g. 512x512, 512x1024).")
+
+
+class CLIGroup(click.Group):
+    """Turns every error into one line on stderr and exit code 1 (2 for usage
+    errors, as click does); ``--debug`` shows the traceback instead."""
+
+    def invoke(self, ctx: click.Context):  # noqa: ANN201 - click's signature
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except Exception as e:  # the boundary where errors become messages
+            if ctx.obj and ctx.obj.get("debug"):
+                traceback.print_exc()
+            message = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise click.ClickException(message) from None
+
+
+@click.group(cls=CLIGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show Python tracebacks on errors.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """PP-MobileSeg from PyTorch to a tuned native library with Apache TVM."""
+    ctx.obj = {"debug": debug}
+
+
+def _note_weights(weights: Path | None) -> None:
+    if weights is None:
+        click.echo("note: no --weights given; using the fixed random initialization "
+                   "(outputs show the pipeline works, not a trained segmentation)", err=True)
+
+
+@main.command()
+@MODEL_OPTION
+@SIZE_OPTION
+@click.option("--num-classes", type=int, help="Class count (default 150, ADE20K).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def info(model_name: str, input_size: str | None, num_classes: int | None, as_json: bool) -> None:
+    """Parameters, GFLOPs and per-stage output shapes."""
+    from model.pp_mobileseg import build_model
+    from model.summary import summarize
+    from pipeline.inputs import parse_size
+
+    size = parse_size(input_size) if input_size else (512, 512)
+    s = summarize(build_model(model_name, num_classes), size)
+    if as_json:
+        click.echo(json.dumps(s.as_dict()))
+        return
+    click.echo(f"PP-MobileSeg-{s.model}: {s.num_classes} classes, input {size[0]}x{size[1]}")
+    click.echo(f"  trainable parameters  {s.params:,}")
+    click.echo(f"  GFLOPs                {s.gflops:.3f}  (conv + matmul, multiply-add = 2 FLOPs)")
+    for name, shape in s.stages.items():
+        click.echo(f"  {name:<22}{'x'.join(map(str, shape))}")
+
+
+@main.command("convert-weights")
+@click.argument("src", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "dst", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the PyTorch state dict (.pt).")
+@MODEL_OPTION
+def convert_weights(src: Path, dst: Path, model_name: str) -> None:
+    """Convert a PaddleSeg .pdparams checkpoint to a PyTorch state dict (no Paddle needed)."""
+    import torch
+
+    from model.weights import convert_pdparams, num_classes_of
+    from pipeline.files import atomic_path
+
+    state = convert_pdparams(src, model_name)
+    with atomic_path(dst) as tmp:
+        torch.save(state, tmp)
+    click.echo(f"wrote {dst}: PP-MobileSeg-{model_name}, {num_classes_of(state)} classes, {len(state)} tensors")
+
+
+@main.command()
+@MODEL_OPTION
+@WEIGHTS_OPTION
+@click.option("--input", "input_path", required=True, type=click.Path(path_type=Path),
+              help="An image, or a normalized float32 [1,3,H,W] .npy tensor.")
+@click.option("--mode", type=click.Choice(OUTPUT_MODES), default="vim", show_default=True,
+              help="logits: low-res logits; interpolate: bilinear + argmax; vim: Valid Interpolate Module.")
+@SIZE_OPTION
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="out.npy (array) or out.png (colour label map).")
+def predict(model_name: str, weights: Path | None, input_path: Path, mode: str, input_size: str | None,
+            output: Path) -> None:
+    """Run the PyTorch model on one input and save its output.
+
+    An image is resized like PaddleSeg's eval transform (or to --input-size) and its
+    label map is resized back to the image's own size with nearest neighbour.
+    """
+    import torch
+
+    from model.image import resize_labels
+    from model.weights import load_model
+    from pipeline.inputs import load_input, parse_size
+    from pipeline.outputs import check_output_path, save_output
+
+    check_output_path(output, labels=mode != "logits")
+    _note_weights(weights)
+    model = load_model(model_name, weights, output=mode)
+    x = load_input(input_path, model.cfg.mean, model.cfg.std, parse_size(input_size) if input_size else None)
+    with torch.inference_mode():
+        out = model(x.tensor).numpy()
+    if mode != "logits":
+        out = resize_labels(out[0], x.original_size)
+    save_output(output, out, model.cfg.num_classes)
+    click.echo(f"wrote {output}: {out.dtype} {list(out.shape)}")
+
+
+@main.command()
+@MODEL_OPTION
+@WEIGHTS_OPTION
+@click.option("--input", "input_path", type=click.Path(path_type=Path),
+              help="A photograph; default: a street scene shipped with scikit-image.")
+@click.option("-o", "--output-dir", default="demo", show_default=True, type=click.Path(path_type=Path))
+def demo(model_name: str, weights: Path | None, input_path: Path | None, output_dir: Path) -> None:
+    """Segment a real photograph with VIM; write a colour label map and an overlay."""
+    import torch
+
+    from model.image import colorize, resize_labels, sample_image_path
+    from model.weights import load_model
+    from pipeline.inputs import load_input
+    from pipeline.outputs import class_shares, overlay, save_png
+
+    _note_weights(weights)
+    model = load_model(model_name, weights, output="vim")
+    x = load_input(input_path or sample_image_path(), model.cfg.mean, model.cfg.std)
+    with torch.inference_mode():
+        labels = resize_labels(model(x.tensor)[0].numpy(), x.original_size)
+    n = model.cfg.num_classes
+    save_png(output_dir / "labels.png", colorize(labels, n))
+    save_png(output_dir / "overlay.png", overlay(x.image, labels, n))
+    click.echo(f"wrote {output_dir}/labels.png and {output_dir}/overlay.png "
+               f"(input {x.original_size[0]}x{x.original_size[1]}, model input "
+               f"{x.tensor.shape[2]}x{x.tensor.shape[3]})")
+    for cid, name, share in class_shares(labels, n)[:10]:
+        click.echo(f"  {share:6.1%}  {cid:3d} {name}")
+
+
+if __name__ == "__main__":
+    main()

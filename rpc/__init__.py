@@ -1,0 +1,1 @@
+"""Device profiles, the RPC tracker and servers (issue: devices and RPC)."""

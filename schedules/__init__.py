@@ -1,0 +1,1 @@
+"""Schedules for every kernel, hand-written or searched (issue: compiler pipeline)."""

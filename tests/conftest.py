@@ -1,0 +1,37 @@
+"""Shared fixtures: the PaddleSeg reference outputs and a way to run the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    """Written by ``make reference`` (PaddleSeg 2.8 in its own venv). Missing
+    reference data is a failure, not a skip: parity is what these tests are for."""
+    path = Path(os.environ.get("PPMSEG_REFERENCE_DIR", ROOT / ".cache" / "reference"))
+    if not (path / "manifest.json").is_file():
+        pytest.fail(f"no reference outputs in {path}: run `make reference`")
+    return path
+
+
+@pytest.fixture(scope="session")
+def manifest(reference_dir: Path) -> dict:
+    return json.loads((reference_dir / "manifest.json").read_text())
+
+
+def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """The installed ``ppmseg`` entry point in a subprocess (real exit codes and stderr)."""
+    exe = Path(sys.executable).with_name("ppmseg")
+    proc = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"ppmseg {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
