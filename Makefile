@@ -14,7 +14,15 @@ MODEL ?= tiny
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
 
+# Debian's python3 lacks venv/ensurepip until python3-venv is installed (as root).
+define ENSURE_VENV
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { [ "$$(id -u)" = 0 ] && \
+		apt-get update -qq && apt-get install -y -qq python3-venv; } || \
+		{ echo "error: $(PYTHON) has no venv module; install python3-venv" >&2; exit 1; }
+endef
+
 $(VENV)/.installed: pyproject.toml
+	$(ENSURE_VENV)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
@@ -23,13 +31,15 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed  ## Create .venv with the pinned dependencies
 
 $(REF_VENV)/.installed: tests/reference/requirements.txt
+	$(ENSURE_VENV)
 	@test -x $(REF_PY) || $(PYTHON) -m venv $(REF_VENV)
 	$(REF_PY) -m pip install -q -r tests/reference/requirements.txt
 	$(REF_PY) -m pip install -q --no-deps paddleseg==2.8.0
 	@touch $@
 
-$(REFERENCE_DIR)/manifest.json: $(REF_VENV)/.installed tests/reference/generate.py
-	$(REF_PY) -W ignore tests/reference/generate.py $(REFERENCE_DIR)
+$(REFERENCE_DIR)/manifest.json: $(REF_VENV)/.installed $(VENV)/.installed tests/reference/generate.py
+	$(REF_PY) -W ignore tests/reference/generate.py $(REFERENCE_DIR) \
+		--photo "$$($(PY) -c 'from model.image import sample_image_path; print(sample_image_path())')"
 
 reference: $(REFERENCE_DIR)/manifest.json  ## PaddleSeg reference checkpoints and outputs (own venv)
 

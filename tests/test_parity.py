@@ -58,3 +58,15 @@ def test_outputs_match_reference(converted, reference_dir, size):
     _assert_labels_equal(vim, ref["vim_labels"], ref["vim_margin"])
     # VIM only ever answers with classes present at low resolution.
     assert set(np.unique(vim)) <= set(ref["present"].tolist())
+
+
+def test_preprocessing_matches_paddleseg(reference_dir):
+    """Our image path against PaddleSeg's own eval transforms (OpenCV) on a real photo."""
+    from model.image import sample_image_path
+    from model.pp_mobileseg import TINY
+    from pipeline.inputs import load_input
+
+    ref = np.load(reference_dir / "photo.npz")["input"]
+    ours = load_input(sample_image_path(), TINY.mean, TINY.std).tensor.numpy()
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-5)

@@ -9,6 +9,7 @@ Output layout in OUT_DIR:
   <model>.pdparams                  randomized official-format checkpoint
   <model>-<H>x<W>.npz               input, low-res logits, labels and tie margins
   <model>-<H>x<W>.full.npy          full-resolution logits [1, 150, H, W] float32
+  photo.npz                         PaddleSeg's eval transforms applied to --photo
   manifest.json                     versions, parameter counts, files
 """
 
@@ -74,9 +75,22 @@ def top2_margin(logits: np.ndarray) -> np.ndarray:
     return (top[1] - top[0]).astype(np.float32)
 
 
+def write_photo_reference(photo: str, out: str) -> None:
+    """PaddleSeg's own ADE20K eval transforms (from the PP-MobileSeg configs) on a photo."""
+    import paddleseg.transforms as T
+
+    transforms = T.Compose([
+        T.Resize(target_size=[2048, 512], keep_ratio=True, size_divisor=32),
+        T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+    ])
+    data = transforms({"img": photo})
+    np.savez(out, input=data["img"][None].astype("float32"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out_dir")
+    ap.add_argument("--photo", required=True, help="a real photograph for the preprocessing check")
     args = ap.parse_args()
     os.makedirs(args.out_dir, exist_ok=True)
 
@@ -126,6 +140,7 @@ def main() -> None:
             print(f"{stem}: K={len(present)} |low logits| max {np.abs(low).max():.3f}", flush=True)
         manifest["models"][name] = entry
 
+    write_photo_reference(args.photo, os.path.join(args.out_dir, "photo.npz"))
     with open(os.path.join(args.out_dir, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=2)
 
