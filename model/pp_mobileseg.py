@@ -16,10 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.random_init import random_tensor
 from model.upsample import OUTPUT_MODES, OutputMode, segment_logits
 
 Activation = Literal["relu", "hardswish"]
@@ -407,8 +409,11 @@ class PPMobileSeg(nn.Module):
 
 def build_model(name: str, num_classes: int | None = None, output: OutputMode = "logits",
                 seed: int = 0) -> PPMobileSeg:
-    """The named variant in eval mode, with a fixed random initialization."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = PPMobileSeg(get_config(name, num_classes), output)
+    """The named variant in eval mode, with a fixed random initialization (every
+    tensor random, see ``model/random_init.py``)."""
+    model = PPMobileSeg(get_config(name, num_classes), output)
+    rng = np.random.default_rng(seed)
+    state = {k: v if k.endswith("num_batches_tracked") else torch.from_numpy(random_tensor(k, tuple(v.shape), rng))
+             for k, v in model.state_dict().items()}
+    model.load_state_dict(state)
     return model.eval()

@@ -25,13 +25,14 @@ class DeviceProfile:
     target: dict = field(hash=False)
 
     def target_json(self) -> dict:
-        """The LLVM target as TVM's JSON dict, with ``native`` mcpu resolved here."""
-        target = dict(self.target)
-        if target.get("mcpu") == "native":
-            from tvm.target import codegen
+        """The LLVM target as TVM's JSON dict. ``native`` values are what LLVM detects
+        on this machine; ``num-cores`` defaults to the cores this process may use
+        (it sizes the parallel loops TVM generates)."""
+        from tvm.target import codegen
 
-            target["mcpu"] = codegen.llvm_get_system_cpu()
-        target.setdefault("num-cores", os.cpu_count() or 1)
+        detect = {"mcpu": codegen.llvm_get_system_cpu, "mtriple": codegen.llvm_get_system_triple}
+        target = {k: detect[k]() if v == "native" and k in detect else v for k, v in self.target.items()}
+        target.setdefault("num-cores", len(os.sched_getaffinity(0)))
         return target
 
     def tvm_target(self):  # noqa: ANN201 - tvm.target.Target, imported lazily

@@ -23,6 +23,10 @@ import types
 
 import numpy as np
 
+# The randomization rule lives in the project (NumPy only, importable here).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+from model.random_init import random_tensor  # noqa: E402
+
 SIZES = ((512, 512), (512, 1024), (360, 480))  # (H, W): 512x512, 1024x512, 480x360
 SEED = 20231
 
@@ -39,20 +43,6 @@ def import_paddleseg():
         "tiny": lambda: MobileSeg_Tiny(inj_type="AAM", out_feat_chs=[32, 64, 128]),
         "base": lambda: MobileSeg_Base(inj_type="AAMSx8", out_feat_chs=[64, 128, 192]),
     }
-
-
-def random_tensor(name: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """A random value for every kind of tensor, scaled so activations stay O(1)."""
-    if name.endswith("_variance"):
-        return rng.uniform(0.5, 2.0, shape)
-    if name.endswith("_mean"):
-        return rng.normal(0.0, 0.3, shape)
-    if name.endswith("pos_embed"):
-        return rng.normal(0.0, 1.0, shape)
-    if len(shape) == 1:  # BatchNorm scale/shift and conv biases
-        return rng.uniform(0.4, 1.0, shape) if name.endswith("weight") else rng.normal(0.0, 0.2, shape)
-    fan_in = int(np.prod(shape[1:]))
-    return rng.normal(0.0, 1.35 / np.sqrt(fan_in), shape)
 
 
 def smooth_noise(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
@@ -102,7 +92,7 @@ def main() -> None:
     for name, make_backbone in backbones.items():
         model = PPMobileSeg(num_classes=150, backbone=make_backbone(), upsample="vim")
         model.eval()
-        state = {k: random_tensor(k, tuple(v.shape), rng).astype("float32") for k, v in model.state_dict().items()}
+        state = {k: random_tensor(k, tuple(v.shape), rng) for k, v in model.state_dict().items()}
         model.set_state_dict({k: paddle.to_tensor(v) for k, v in state.items()})
         ckpt = os.path.join(args.out_dir, f"{name}.pdparams")
         paddle.save(model.state_dict(), ckpt)
