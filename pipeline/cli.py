@@ -160,5 +160,87 @@ def demo(model_name: str, weights: Path | None, input_path: Path | None, output_
         click.echo(f"  {share:6.1%}  {cid:3d} {name}")
 
 
+ARTIFACT_OPTION = click.option("--artifact", required=True, type=click.Path(file_okay=False, path_type=Path),
+                               help="A directory written by `ppmseg compile` (model.so + meta.json).")
+
+
+@main.command("compile")
+@MODEL_OPTION
+@click.option("--device", default="host", show_default=True, help="Device profile (rpc/profiles/*.toml).")
+@click.option("--upsample", type=click.Choice(["vim", "interpolate"]), default="vim", show_default=True,
+              help="Label-map tail: fused VIM kernel, or upsample all classes + argmax.")
+@click.option("--frontend", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
+              help="Import through torch.export or through an ONNX export.")
+@WEIGHTS_OPTION
+@SIZE_OPTION
+@click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Rebuild even if an identical artifact exists.")
+def compile_command(model_name: str, device: str, upsample: str, frontend: str, weights: Path | None,
+                    input_size: str | None, output_dir: Path, force: bool) -> None:
+    """Compile the model with TVM into DIR/model.so + DIR/meta.json."""
+    from pipeline.compile import CompileRequest, compile_artifact
+    from pipeline.inputs import parse_size
+
+    _note_weights(weights)
+    req = CompileRequest(model=model_name, device=device, upsample=upsample, frontend=frontend, weights=weights,
+                         input_size=parse_size(input_size) if input_size else (512, 512))
+    compile_artifact(req, output_dir, force=force, log=click.echo)
+
+
+@main.command()
+@ARTIFACT_OPTION
+@click.option("--input", "input_path", required=True, type=click.Path(path_type=Path),
+              help="A normalized float32 [1,3,H,W] .npy of the compiled shape, or an image.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="labels.npy (int32 label map) or labels.png.")
+def run(artifact: Path, input_path: Path, output: Path) -> None:
+    """Run a compiled library on this machine and save the label map."""
+    from pipeline.inputs import load_input
+    from pipeline.outputs import check_output_path, save_output
+    from pipeline.runtime import load
+
+    check_output_path(output, labels=True)
+    seg = load(artifact)
+    if input_path.suffix.lower() == ".npy":
+        labels = seg(load_input(input_path, seg.mean, seg.std, seg.input_size).tensor.numpy())
+    else:
+        from model.image import read_image
+
+        labels = seg(read_image(input_path))
+    save_output(output, labels, seg.num_classes)
+    click.echo(f"wrote {output}: int32 {list(labels.shape)}")
+
+
+@main.command()
+@click.argument("image", type=click.Path(path_type=Path))
+@ARTIFACT_OPTION
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Colour label map (.png); the overlay goes beside it as <name>-overlay.png.")
+@click.option("--labels", "labels_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also save the int32 label map at the image's own size (.npy).")
+def segment(image: Path, artifact: Path, output: Path, labels_path: Path | None) -> None:
+    """Segment a photograph with a compiled artifact; print the classes found."""
+    from model.image import colorize, read_image
+    from pipeline.outputs import class_shares, overlay, save_array, save_png
+    from pipeline.runtime import load
+
+    if output.suffix.lower() != ".png":
+        raise click.BadParameter(f"{output}: must end in .png", param_hint="-o")
+    if labels_path is not None and labels_path.suffix.lower() != ".npy":
+        raise click.BadParameter(f"{labels_path}: must end in .npy", param_hint="--labels")
+    seg = load(artifact)
+    photo = read_image(image)
+    labels = seg(photo)
+    n = seg.num_classes
+    overlay_path = output.with_name(f"{output.stem}-overlay.png")
+    save_png(output, colorize(labels, n))
+    save_png(overlay_path, overlay(photo, labels, n))
+    if labels_path is not None:
+        save_array(labels_path, labels)
+    click.echo(f"wrote {output} and {overlay_path}")
+    for cid, name, share in class_shares(labels, n):
+        click.echo(f"  {share:6.1%}  {cid:3d} {name}")
+
+
 if __name__ == "__main__":
     main()

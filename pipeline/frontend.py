@@ -126,7 +126,8 @@ TORCH_CONVERTERS = {
 def from_torch(model: torch.nn.Module, input_shape: InputShape) -> tvm.IRModule:
     """``torch.export`` at a static shape, then Relax; weights become constants of ``main``
     (``keep_params_as_input=False``) so the built library needs no parameter files."""
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.export's own deprecation chatter
         program = torch.export.export(model.eval(), _example(input_shape))
     return from_exported_program(program, keep_params_as_input=False, custom_convert_map=TORCH_CONVERTERS)
 

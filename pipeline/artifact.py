@@ -1,0 +1,186 @@
+"""Compiled artifacts: ``DIR/model.so`` plus ``DIR/meta.json`` describing it.
+
+An artifact is rebuilt only when something it depends on changes (model config,
+weights, target, TVM version, output mode, frontend, input size, or this
+project's compiler code): the inputs are hashed into a build key kept in
+``meta.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+
+from pipeline.files import atomic_path
+
+META_FORMAT = "ppmseg-artifact/1"
+LIBRARY = "model.so"
+META = "meta.json"
+ROOT = Path(__file__).resolve().parents[1]
+# The code whose change must invalidate a cached build.
+SOURCE_DIRS = ("model", "pipeline", "schedules", "rpc")
+# ELF e_machine values, to refuse a library for another architecture before dlopen.
+ELF_MACHINES = {0x3E: "x86_64", 0xB7: "aarch64"}
+
+
+class ArtifactError(ValueError):
+    """A missing, tampered or mismatching artifact."""
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """Everything a compiled library depends on."""
+
+    model: str
+    num_classes: int
+    input_size: tuple[int, int]  # (H, W)
+    upsample: str  # "vim" | "interpolate"
+    frontend: str  # "torch" | "onnx"
+    device: str
+    target: dict  # TVM target JSON
+    weights_sha256: str | None  # None: the fixed random initialization
+    mean: tuple[float, float, float]  # input normalization the runtime applies
+    std: tuple[float, float, float]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (1, 3, *self.input_size)
+
+    def key(self) -> str:
+        payload = {**asdict(self), "tvm": versions(), "code": source_digest()}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def versions() -> dict[str, str]:
+    return {"tvm": metadata.version("apache-tvm"), "tvm_ffi": metadata.version("apache-tvm-ffi")}
+
+
+def source_digest() -> str:
+    h = hashlib.sha256()
+    for d in SOURCE_DIRS:
+        for path in sorted((ROOT / d).rglob("*")):
+            if path.suffix in (".py", ".toml", ".txt") and "__pycache__" not in path.parts:
+                h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def git_revision() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain"], capture_output=True, text=True,
+                           timeout=10).stdout.strip()
+    return out.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def elf_machine(path: str | Path) -> str:
+    """The architecture an ELF shared library was built for."""
+    with open(path, "rb") as f:
+        head = f.read(20)
+    if len(head) < 20 or head[:4] != b"\x7fELF":
+        raise ArtifactError(f"{path}: not an ELF shared library")
+    return ELF_MACHINES.get(int.from_bytes(head[18:20], "little"), f"unknown ({head[18:20].hex()})")
+
+
+def read_meta(directory: str | Path) -> dict:
+    path = Path(directory) / META
+    if not path.is_file():
+        raise ArtifactError(f"{directory}: no {META} (not an artifact directory)")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != META_FORMAT:
+        raise ArtifactError(f"{path}: not a {META_FORMAT} file")
+    return meta
+
+
+def cached(directory: str | Path, spec: BuildSpec) -> dict | None:
+    """The existing artifact's metadata if it was built from exactly ``spec`` and
+    its library is intact, else None."""
+    try:
+        meta = read_meta(directory)
+    except ArtifactError:
+        return None
+    lib = Path(directory) / LIBRARY
+    if meta.get("build_key") != spec.key() or not lib.is_file() or sha256_file(lib) != meta.get("so_sha256"):
+        return None
+    return meta
+
+
+def write_artifact(directory: str | Path, spec: BuildSpec, export, extra: dict) -> dict:  # noqa: ANN001
+    """Export a library with ``export(path)`` and write its ``meta.json``; both files
+    appear only when complete (meta last, so a crash leaves no valid-looking artifact)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / META).unlink(missing_ok=True)
+    with atomic_path(directory / LIBRARY) as tmp:
+        export(str(tmp))
+    lib = directory / LIBRARY
+    meta = {
+        "format": META_FORMAT,
+        "model": "pp-mobileseg",
+        "variant": spec.model,
+        "num_classes": spec.num_classes,
+        "input_shape": list(spec.input_shape),
+        "input_layout": "NCHW",
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "output": {"name": "labels", "dtype": "int32", "shape": [1, *spec.input_size]},
+        "upsample": spec.upsample,
+        "frontend": spec.frontend,
+        "device": spec.device,
+        "target": spec.target,
+        "arch": elf_machine(lib),
+        **versions(),
+        "tuned": False,
+        "database": None,
+        "weights_sha256": spec.weights_sha256,
+        "so_sha256": sha256_file(lib),
+        "git_revision": git_revision(),
+        "build_key": spec.key(),
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": platform.node(),
+        **extra,
+    }
+    with atomic_path(directory / META) as tmp:
+        tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def verify(directory: str | Path) -> dict:
+    """Check an artifact before loading it: files present, library hash, TVM version
+    and architecture match this process. Returns the metadata."""
+    directory = Path(directory)
+    meta = read_meta(directory)
+    lib = directory / LIBRARY
+    if not lib.is_file():
+        raise ArtifactError(f"{directory}: {LIBRARY} is missing")
+    if sha256_file(lib) != meta.get("so_sha256"):
+        raise ArtifactError(f"{lib}: SHA-256 does not match {META} (modified or from another build)")
+    ours = versions()
+    for name in ("tvm", "tvm_ffi"):
+        if meta.get(name) != ours[name]:
+            raise ArtifactError(f"{directory}: built with {name} {meta.get(name)}, this runtime has {ours[name]}")
+    arch, here = elf_machine(lib), platform.machine()
+    if arch != here:
+        raise ArtifactError(f"{lib}: built for {arch}, this machine is {here} (run it on the device)")
+    return meta

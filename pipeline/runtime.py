@@ -1,0 +1,62 @@
+"""A minimal Python runtime for compiled artifacts: ``load(DIR)(image) -> labels``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from model.image import ImageError, normalize_image, resize_labels
+from pipeline.artifact import LIBRARY, verify
+from pipeline.tvm_log import quiet_tvm
+
+
+class CompiledSegmenter:
+    """A loaded ``model.so``. Call it with a uint8 RGB ``[H, W, 3]`` image of any size
+    (resized and normalized as PaddleSeg's eval transforms do, label map resized back
+    with nearest neighbour) or a normalized float32 ``[1, 3, h, w]`` array of the
+    compiled shape (label map at that shape). Returns int32 labels ``[H, W]``."""
+
+    def __init__(self, directory: str | Path) -> None:
+        import tvm
+        from tvm import relax
+
+        self.directory = Path(directory)
+        self.meta = verify(self.directory)
+        self.input_shape = tuple(self.meta["input_shape"])
+        self.input_size = self.input_shape[2:]
+        self.mean, self.std = tuple(self.meta["mean"]), tuple(self.meta["std"])
+        self._tvm = tvm
+        self._dev = tvm.cpu(0)
+        with quiet_tvm():
+            self._lib = tvm.runtime.load_module(str(self.directory / LIBRARY))
+        self._vm = relax.VirtualMachine(self._lib, self._dev)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.meta["num_classes"])
+
+    def run_tensor(self, x: np.ndarray, function: str = "main") -> np.ndarray:
+        """Run a compiled function on a normalized input of the compiled shape."""
+        if x.dtype != np.float32 or tuple(x.shape) != self.input_shape:
+            raise ImageError(f"expected float32 {list(self.input_shape)}, got {x.dtype} {list(x.shape)}")
+        if not np.isfinite(x).all():
+            raise ImageError("input contains NaN or infinite values")
+        out = self._vm[function](self._tvm.runtime.tensor(np.ascontiguousarray(x), self._dev))
+        return out.numpy()
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """Low-resolution logits ``[1, C, h, w]`` for a normalized input."""
+        return self.run_tensor(x, "logits")
+
+    def __call__(self, image_or_tensor: np.ndarray) -> np.ndarray:
+        if image_or_tensor.dtype == np.uint8:
+            x = normalize_image(image_or_tensor, self.input_size, self.mean, self.std).numpy()
+            labels = self.run_tensor(x)[0]
+            return resize_labels(labels, image_or_tensor.shape[:2])
+        return self.run_tensor(image_or_tensor)[0]
+
+
+def load(directory: str | Path) -> CompiledSegmenter:
+    """Load and verify an artifact directory (``model.so`` + ``meta.json``)."""
+    return CompiledSegmenter(directory)
