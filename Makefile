@@ -8,8 +8,14 @@ REF_PY := $(REF_VENV)/bin/python
 PPMSEG := $(VENV)/bin/ppmseg
 REFERENCE_DIR := .cache/reference
 MODEL ?= tiny
+DEVICE ?= host
+UPSAMPLE ?= vim
+FRONTEND ?= torch
+INPUT ?= 512x512
+THREADS ?= 1
+BUILD_DIR ?= build/$(MODEL)-$(DEVICE)-$(UPSAMPLE)-$(INPUT)
 
-.PHONY: help setup reference test lint demo info clean
+.PHONY: help setup reference test lint demo info build bench-vim clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -55,5 +61,12 @@ info: setup  ## Parameters, GFLOPs and stage shapes (MODEL=tiny|base)
 demo: setup  ## Segment a real photograph; writes demo/labels.png and demo/overlay.png
 	$(PPMSEG) demo --model $(MODEL) -o demo
 
+build: setup  ## Compile: MODEL=tiny|base DEVICE=host UPSAMPLE=vim|interpolate FRONTEND=torch|onnx INPUT=HxW
+	$(PPMSEG) compile --model $(MODEL) --device $(DEVICE) --upsample $(UPSAMPLE) --frontend $(FRONTEND) \
+		--input-size $(INPUT) -o $(BUILD_DIR)
+
+bench-vim: setup  ## Fused VIM vs unfused vs plain upsample (THREADS=1); writes bench/results/vim.*
+	$(PY) -m schedules.vim_bench --threads $(THREADS)
+
 clean:  ## Remove build outputs (keeps the virtual environments)
-	rm -rf demo .cache .pytest_cache .ruff_cache
+	rm -rf demo build .cache .pytest_cache .ruff_cache

@@ -159,3 +159,21 @@ def test_missing_files_and_wrong_inputs(artifacts, tmp_path):
                    str(tmp_path / "small.npy"), "-o", str(tmp_path / "l.npy"), check=False)
     assert proc.returncode == 1 and "expected spatial size 512x512" in proc.stderr
     assert not (tmp_path / "l.npy").exists()
+
+
+def test_below_30_classes_compiles_the_plain_path(tmp_path, inputs):
+    """A 19-class checkpoint (say Cityscapes): VIM is off, as in the paper."""
+    model = build_model("tiny", num_classes=19)
+    torch.save(model.state_dict(), tmp_path / "c19.pt")
+    size = (128, 160)
+    messages = []
+    meta, _ = compile_artifact(CompileRequest(model="tiny", weights=tmp_path / "c19.pt", input_size=size),
+                               tmp_path / "art", log=messages.append)
+    assert meta["upsample"] == "interpolate" and meta["num_classes"] == 19
+    assert meta["weights_sha256"] == sha256_file(tmp_path / "c19.pt")
+    assert any("VIM is off below 30 classes" in m for m in messages)
+    x = inputs[:, :, : size[0], : size[1]].copy()
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(x))
+    _assert_equal_but_ties(load(tmp_path / "art")(x), interpolate_labels(logits, size)[0].numpy(),
+                           _margin(upsample(logits, size)))
