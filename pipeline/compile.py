@@ -10,6 +10,7 @@ from pathlib import Path
 from model.weights import load_model
 from pipeline.artifact import BuildSpec, cached, sha256_file, write_artifact
 from pipeline.graph import Upsample, compose, effective_upsample
+from pipeline.prepare import fold_batchnorm
 from pipeline.tvm_log import quiet_tvm
 from rpc.devices import load_profile
 
@@ -29,10 +30,12 @@ class CompileRequest:
 
 def import_network(model, input_shape: tuple[int, int, int, int], frontend: str,  # noqa: ANN001 - nn.Module
                    onnx_path: Path):
-    """The network as a Relax module through the chosen frontend (the ONNX file is
-    kept: it is also what ONNX Runtime runs as a peer)."""
+    """The network, BatchNorm folded into the convolutions, as a Relax module through
+    the chosen frontend (the ONNX file is kept: it is also what ONNX Runtime runs as a
+    peer)."""
     from pipeline import frontend as fe
 
+    model = fold_batchnorm(model)
     if frontend == "torch":
         return fe.from_torch(model, input_shape)
     if frontend == "onnx":

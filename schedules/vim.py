@@ -297,9 +297,14 @@ def argmax_primfunc(C: int, h: int, w: int) -> tirx.PrimFunc:
     return argmax
 
 
+# Marks this project's hand-written kernels: tuning leaves them alone and
+# MetaSchedule's database is never applied to them.
+HAND_SCHEDULED = "tirx.is_scheduled"
+
+
 def _opaque(func: tirx.PrimFunc) -> tirx.PrimFunc:
     # kOpaque: keeps FuseOps/FuseTIR away from hand-written kernels (they have no SBlocks to fuse).
-    return func.with_attr("op_pattern", 8)
+    return func.with_attr("op_pattern", 8).with_attr(HAND_SCHEDULED, True)
 
 
 def _present_classes(bb: relax.BlockBuilder, logits: relax.Expr, stock_argmax: bool = True) -> relax.Var:

@@ -177,3 +177,15 @@ def test_below_30_classes_compiles_the_plain_path(tmp_path, inputs):
         logits = model(torch.from_numpy(x))
     _assert_equal_but_ties(load(tmp_path / "art")(x), interpolate_labels(logits, size)[0].numpy(),
                            _margin(upsample(logits, size)))
+
+
+@pytest.mark.parametrize("name", ["tiny", "base"])
+def test_batchnorm_folding_keeps_the_function(name, inputs):
+    from pipeline.prepare import batchnorm_count, fold_batchnorm
+
+    model = build_model(name)
+    folded = fold_batchnorm(model)
+    assert batchnorm_count(model) > 0 and batchnorm_count(folded) == 0
+    with torch.inference_mode():
+        np.testing.assert_allclose(folded(torch.from_numpy(inputs)).numpy(), model(torch.from_numpy(inputs)).numpy(),
+                                   rtol=0, atol=2e-5)
