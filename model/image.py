@@ -43,20 +43,39 @@ def eval_size(height: int, width: int) -> tuple[int, int]:
     return tuple(math.ceil(round(s * scale) / SIZE_DIVISOR) * SIZE_DIVISOR for s in (height, width))
 
 
+def _linear_axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Half-pixel bilinear taps along one axis, in float32 with one rounding per
+    operation (the native runner does the same arithmetic, so both agree bit for bit)."""
+    scale = np.float32(n_in) / np.float32(n_out)
+    src = (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    src = np.maximum(src, np.float32(0))
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    l1 = np.clip(src - i0.astype(np.float32), np.float32(0), np.float32(1))
+    return i0, np.minimum(i0 + 1, n_in - 1), np.float32(1) - l1, l1
+
+
+def resize_bilinear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """float32 ``[H, W, C]`` to ``size`` (h, w): OpenCV's INTER_LINEAR (half-pixel
+    centres, no antialiasing), the resize of PaddleSeg's eval transforms."""
+    y0, y1, hl0, hl1 = _linear_axis(image.shape[0], size[0])
+    x0, x1, wl0, wl1 = _linear_axis(image.shape[1], size[1])
+    wl0, wl1 = wl0[None, :, None], wl1[None, :, None]
+    top = image[y0][:, x0] * wl0 + image[y0][:, x1] * wl1
+    bottom = image[y1][:, x0] * wl0 + image[y1][:, x1] * wl1
+    return top * hl0[:, None, None] + bottom * hl1[:, None, None]
+
+
 def normalize_image(image: np.ndarray, size: tuple[int, int], mean: tuple[float, ...],
                     std: tuple[float, ...]) -> torch.Tensor:
-    """uint8 RGB ``[H, W, 3]`` to the model's float32 ``[1, 3, h, w]`` input.
-
-    Like PaddleSeg: resize the float image bilinearly with half-pixel centres and no
-    antialiasing (OpenCV's INTER_LINEAR), then scale to [0, 1] and standardize.
-    """
+    """uint8 RGB ``[H, W, 3]`` to the model's float32 ``[1, 3, h, w]`` input, like
+    PaddleSeg: resize the float image (``resize_bilinear``), scale to [0, 1], standardize."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ImageError(f"expected a uint8 RGB image [H, W, 3], got {image.dtype} {list(image.shape)}")
-    x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float()
-    if tuple(x.shape[-2:]) != tuple(size):
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-    x = x / 255.0
-    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    x = image.astype(np.float32)
+    if x.shape[:2] != tuple(size):
+        x = resize_bilinear(x, size)
+    x = (x / np.float32(255) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)[None]))
 
 
 def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:

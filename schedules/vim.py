@@ -307,17 +307,54 @@ def _opaque(func: tirx.PrimFunc) -> tirx.PrimFunc:
     return func.with_attr("op_pattern", 8).with_attr(HAND_SCHEDULED, True)
 
 
-def _present_classes(bb: relax.BlockBuilder, logits: relax.Expr, stock_argmax: bool = True) -> relax.Var:
-    """``unique(argmax(logits, 1))`` with its run-time length named: unique's result has an
-    unknown shape, and only a named K lets take / call_tir / VM codegen use it."""
+def presence_primfunc(C: int, h: int, w: int) -> tirx.PrimFunc:
+    """``winners[1, h, w]`` (class ids) to the sorted ids present, padded to ``[C]``,
+    and their count ``K`` (``[1]``): ``unique`` without a run-time helper.
+
+    Relax's ``unique`` lowers to ``relax.run.unique``, a function TVM registers from
+    Python only, so a library using it cannot run under the C++ runtime (a phone's
+    RPC server, the native runner). This kernel keeps VIM native.
+    """
+
+    @T.prim_func(s_tir=True)
+    def presence(winners: T.Buffer((1, h, w), "int64"), present: T.Buffer((C,), "int64"),
+                 count: T.Buffer((1,), "int64")):
+        T.func_attr({"tirx.noalias": True})
+        with T.sblock("root"):
+            seen = T.alloc_buffer((C,), "int8")
+            n = T.alloc_buffer((1,), "int64")
+            for c in range(C):
+                seen[c] = T.int8(0)
+                present[c] = T.int64(0)
+            for y in range(h):
+                for x in range(w):
+                    seen[winners[0, y, x]] = T.int8(1)
+            n[0] = T.int64(0)
+            for c in range(C):
+                if seen[c] == T.int8(1):
+                    present[n[0]] = T.Cast("int64", c)
+                    n[0] = n[0] + T.int64(1)
+            count[0] = n[0]
+
+    return presence
+
+
+def _present_classes(bb: relax.BlockBuilder, logits: relax.Expr, stock_argmax: bool = False) -> relax.Var:
+    """The sorted class ids that win somewhere in the low-resolution argmax, as a tensor
+    whose run-time length is the named symbolic ``K`` (take / call_tir / VM codegen
+    need the name)."""
+    C, h, w = _logits_dims(logits)
     if stock_argmax:
         winners = bb.emit(relax.op.argmax(logits, axis=1))
     else:
-        C, h, w = _logits_dims(logits)
         gv = bb.add_func(_opaque(argmax_primfunc(C, h, w)), f"argmax_{C}x{h}x{w}")
         winners = bb.emit(relax.call_tir(gv, [logits], relax.TensorType((1, h, w), "int64")))
-    present = bb.emit(relax.op.unique(winners))  # sorted, int64
-    return bb.match_cast(present, relax.TensorType((tirx.Var("K", "int64"),), "int64"))
+    gv = bb.add_func(_opaque(presence_primfunc(C, h, w)), f"presence_{C}x{h}x{w}")
+    found = bb.emit(relax.call_tir(gv, [winners], [relax.TensorType((C,), "int64"), relax.TensorType((1,), "int64")]))
+    padded, count = bb.emit(relax.TupleGetItem(found, 0)), bb.emit(relax.TupleGetItem(found, 1))
+    K = tirx.Var("K", "int64")
+    bb.match_cast(bb.emit(relax.op.tensor_to_shape(count)), relax.ShapeType([K]))
+    return bb.emit(relax.op.strided_slice(padded, axes=[0], begin=[0], end=[K]))
 
 
 def emit_vim(

@@ -1,0 +1,5 @@
+import sys
+
+from pipeline.native import main
+
+sys.exit(main())
