@@ -1,14 +1,27 @@
 """Device profiles: one TOML file per device in ``rpc/profiles/``. Adding a phone
-is adding a file."""
+is adding a file.
+
+A profile says how to generate code (``[target]``), how to link it (``linker``: ``native``
+for this machine's compiler, ``ndk`` for the Android NDK's clang++ named by ``TVM_NDK_CC``,
+or the name of a cross compiler on PATH), which tracker key its RPC servers use and the
+default thread count. An optional ``[emulation]`` table describes the same device emulated
+on this machine (qemu-user): its target keys override ``[target]`` (same codegen, another
+OS/ABI), with its own linker and qemu CPU model.
+"""
 
 from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Literal
 
 PROFILE_DIR = Path(__file__).with_name("profiles")
+# "device": the real device, through the user's tracker (TRACKER=host:port);
+# "local": this machine's tracker, with the host server or the emulated device.
+Mode = Literal["device", "local"]
+MODES: tuple[str, ...] = ("device", "local")
 
 
 class DeviceError(ValueError):
@@ -16,41 +29,81 @@ class DeviceError(ValueError):
 
 
 @dataclass(frozen=True)
+class Emulation:
+    """The device emulated on this machine."""
+
+    linker: str  # cross compiler producing libraries the emulated system loads
+    qemu_cpu: str  # qemu-aarch64 -cpu
+    target: dict = field(default_factory=dict, hash=False)  # overrides of the profile's [target]
+    description: str = ""
+    servers: int = 1  # emulated servers `ppmseg tracker start` launches by default
+
+
+@dataclass(frozen=True)
 class DeviceProfile:
     name: str
     description: str
     tracker_key: str
-    linker: str  # "native", or a cross linker named by later profiles
+    linker: str  # "native", "ndk" or a cross compiler on PATH
     threads: int
     target: dict = field(hash=False)
+    emulation: Emulation | None = None
 
-    def target_json(self) -> dict:
-        """The LLVM target as TVM's JSON dict. ``native`` values are what LLVM detects
-        on this machine; ``num-cores`` defaults to the cores this process may use
-        (it sizes the parallel loops TVM generates)."""
+    def target_json(self, emulated: bool = False) -> dict:
+        """The LLVM target as TVM's JSON dict (of the emulated device if ``emulated``).
+        ``native`` values are what LLVM detects on this machine; ``num-cores`` defaults
+        to the cores this process may use (it sizes the parallel loops TVM generates)."""
         from tvm.target import codegen
 
+        if emulated and self.emulation is None:
+            raise DeviceError(f"device {self.name!r} has no [emulation] table")
+        raw = {**self.target, **(self.emulation.target if emulated else {})}
         detect = {"mcpu": codegen.llvm_get_system_cpu, "mtriple": codegen.llvm_get_system_triple}
-        target = {k: detect[k]() if v == "native" and k in detect else v for k, v in self.target.items()}
+        target = {k: detect[k]() if v == "native" and k in detect else v for k, v in raw.items()}
         target.setdefault("num-cores", len(os.sched_getaffinity(0)))
         return target
 
-    def tvm_target(self):  # noqa: ANN201 - tvm.target.Target, imported lazily
+    def tvm_target(self, emulated: bool = False):  # noqa: ANN201 - tvm.target.Target, imported lazily
         import tvm
 
-        return tvm.target.Target(self.target_json())
+        return tvm.target.Target(self.target_json(emulated))
+
+    @property
+    def is_host(self) -> bool:
+        """Code for this machine: runs in-process or on a host RPC server."""
+        return self.linker == "native"
 
 
 def available() -> list[str]:
     return sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
 
 
-def load_profile(name: str) -> DeviceProfile:
+def _build(cls: type, data: dict, where: str):  # noqa: ANN202
+    unknown = set(data) - {f.name for f in fields(cls)}
+    if unknown:
+        raise DeviceError(f"{where}: unknown keys {', '.join(sorted(unknown))}")
+    try:
+        return cls(**data)
+    except TypeError as e:
+        raise DeviceError(f"{where}: malformed profile ({e})") from None
+
+
+def load_profile(name: str | DeviceProfile) -> DeviceProfile:
+    if isinstance(name, DeviceProfile):
+        return name
     path = PROFILE_DIR / f"{name}.toml"
     if not path.is_file():
         raise DeviceError(f"unknown device {name!r}; profiles: {', '.join(available())}")
-    data = tomllib.loads(path.read_text())
     try:
-        return DeviceProfile(**data)
-    except TypeError as e:
-        raise DeviceError(f"{path}: malformed profile ({e})") from None
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise DeviceError(f"{path}: {e}") from None
+    if "emulation" in data:
+        data["emulation"] = _build(Emulation, data["emulation"], f"{path} [emulation]")
+    return _build(DeviceProfile, data, str(path))
+
+
+def resolve_mode(tracker: str | None = None) -> Mode:
+    """Real devices when a tracker is named (argument or ``TRACKER=host:port``), else the
+    local tracker with this machine's servers and emulators."""
+    return "device" if tracker or os.environ.get("TRACKER") else "local"
