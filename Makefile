@@ -15,10 +15,14 @@ INPUT ?= 512x512
 THREADS ?= 1
 BUILD_DIR ?= build/$(MODEL)-$(DEVICE)-$(UPSAMPLE)-$(INPUT)
 
-.PHONY: help setup reference test lint demo info build bench-vim clean
+RUNNER := build/ppmseg-run
+SERVERS ?= 1
+
+.PHONY: help setup reference test lint demo info build bench-vim tracker emulator host-server emulator-server \
+	devices tracker-stop runner runner-aarch64 clean
 
 help:  ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
 
 # Debian's python3 lacks venv/ensurepip until python3-venv is installed (as root).
 define ENSURE_VENV
@@ -68,5 +72,33 @@ build: setup  ## Compile: MODEL=tiny|base DEVICE=host UPSAMPLE=vim|interpolate F
 bench-vim: setup  ## Fused VIM vs unfused vs plain upsample (THREADS=1); writes bench/results/vim.*
 	$(PY) -m schedules.vim_bench --threads $(THREADS)
 
+tracker: setup  ## Start the local RPC tracker on 127.0.0.1 (reused if running)
+	$(PPMSEG) tracker start
+
+host-server: setup  ## Tracker + an RPC server for this machine's CPU (key host)
+	$(PPMSEG) tracker start --device host
+
+emulator: setup  ## Provision the emulated SD855 (qemu, cross g++, arm64 Python, aarch64 wheels) and verify it
+	$(PY) -m rpc.emulator
+
+emulator-server: emulator  ## Tracker + SERVERS=N emulated SD855 servers (key sd855)
+	$(PPMSEG) tracker start --device sd855 --servers $(SERVERS)
+
+devices: setup  ## What the tracker offers (TRACKER=host:port for yours)
+	$(PPMSEG) devices
+
+tracker-stop: setup  ## Stop the tracker and every server started here
+	$(PPMSEG) tracker stop
+
+$(RUNNER): pipeline/native/runner.cc pipeline/native/__init__.py $(VENV)/.installed
+	$(PY) -m pipeline.native -o $@
+
+runner: $(RUNNER)  ## Native runner build/ppmseg-run (g++; links only libtvm_runtime + libtvm_ffi)
+
+runner-aarch64: emulator  ## The native runner cross-built for aarch64 against the emulator's wheels
+	$(PY) -m pipeline.native -o build/aarch64/ppmseg-run --cxx aarch64-linux-gnu-g++ \
+		--site-packages $${PPMSEG_EMULATOR_DIR:-.cache/emulator}/site
+
 clean:  ## Remove build outputs (keeps the virtual environments)
+	-$(PPMSEG) tracker stop 2>/dev/null
 	rm -rf demo build .cache .pytest_cache .ruff_cache

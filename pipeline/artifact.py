@@ -166,9 +166,14 @@ def write_artifact(directory: str | Path, spec: BuildSpec, export, extra: dict) 
     return meta
 
 
-def verify(directory: str | Path) -> dict:
+def target_arch(target: dict) -> str:
+    """The CPU architecture a target JSON generates code for."""
+    return str(target.get("mtriple", platform.machine())).split("-")[0]
+
+
+def verify(directory: str | Path, arch: str | None = None) -> dict:
     """Check an artifact before loading it: files present, library hash, TVM version
-    and architecture match this process. Returns the metadata."""
+    and architecture (``arch``, default this machine's). Returns the metadata."""
     directory = Path(directory)
     meta = read_meta(directory)
     lib = directory / LIBRARY
@@ -180,7 +185,9 @@ def verify(directory: str | Path) -> dict:
     for name in ("tvm", "tvm_ffi"):
         if meta.get(name) != ours[name]:
             raise ArtifactError(f"{directory}: built with {name} {meta.get(name)}, this runtime has {ours[name]}")
-    arch, here = elf_machine(lib), platform.machine()
-    if arch != here:
-        raise ArtifactError(f"{lib}: built for {arch}, this machine is {here} (run it on the device)")
+    built, here = elf_machine(lib), arch or platform.machine()
+    if built != here:
+        where = "the device is" if arch else "this machine is"
+        hint = "" if arch else " (run it on the device: --device)"
+        raise ArtifactError(f"{lib}: built for {built}, {where} {here}{hint}")
     return meta

@@ -164,9 +164,17 @@ ARTIFACT_OPTION = click.option("--artifact", required=True, type=click.Path(file
                                help="A directory written by `ppmseg compile` (model.so + meta.json).")
 
 
+DEVICE_OPTION = click.option("--device", help="Run on this device profile through its tracker "
+                             "(default: this machine, in process).")
+TRACKER_OPTION = click.option("--tracker", envvar="TRACKER", metavar="HOST:PORT",
+                              help="Your tracker of real devices (env TRACKER); default: the local one, "
+                                   "with emulated phones.")
+
+
 @main.command("compile")
 @MODEL_OPTION
 @click.option("--device", default="host", show_default=True, help="Device profile (rpc/profiles/*.toml).")
+@TRACKER_OPTION
 @click.option("--upsample", type=click.Choice(["vim", "interpolate"]), default="vim", show_default=True,
               help="Label-map tail: fused VIM kernel, or upsample all classes + argmax.")
 @click.option("--frontend", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
@@ -175,16 +183,24 @@ ARTIFACT_OPTION = click.option("--artifact", required=True, type=click.Path(file
 @SIZE_OPTION
 @click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="Rebuild even if an identical artifact exists.")
-def compile_command(model_name: str, device: str, upsample: str, frontend: str, weights: Path | None,
-                    input_size: str | None, output_dir: Path, force: bool) -> None:
+def compile_command(model_name: str, device: str, tracker: str | None, upsample: str, frontend: str,
+                    weights: Path | None, input_size: str | None, output_dir: Path, force: bool) -> None:
     """Compile the model with TVM into DIR/model.so + DIR/meta.json."""
     from pipeline.compile import CompileRequest, compile_artifact
     from pipeline.inputs import parse_size
 
     _note_weights(weights)
     req = CompileRequest(model=model_name, device=device, upsample=upsample, frontend=frontend, weights=weights,
-                         input_size=parse_size(input_size) if input_size else (512, 512))
+                         input_size=parse_size(input_size) if input_size else (512, 512), tracker=tracker)
     compile_artifact(req, output_dir, force=force, log=click.echo)
+
+
+def _input_for(artifact_meta: dict, input_path: Path):  # noqa: ANN202
+    """A normalized tensor of the artifact's compiled shape (an image is resized to it)."""
+    from pipeline.inputs import load_input
+
+    size = tuple(artifact_meta["input_shape"][2:])
+    return load_input(input_path, tuple(artifact_meta["mean"]), tuple(artifact_meta["std"]), size)
 
 
 @main.command()
@@ -193,22 +209,118 @@ def compile_command(model_name: str, device: str, upsample: str, frontend: str, 
               help="A normalized float32 [1,3,H,W] .npy of the compiled shape, or an image.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="labels.npy (int32 label map) or labels.png.")
-def run(artifact: Path, input_path: Path, output: Path) -> None:
-    """Run a compiled library on this machine and save the label map."""
-    from pipeline.inputs import load_input
+@DEVICE_OPTION
+@TRACKER_OPTION
+def run(artifact: Path, input_path: Path, output: Path, device: str | None, tracker: str | None) -> None:
+    """Run a compiled library and save the label map.
+
+    With --device the library is uploaded through the tracker and run there, and its
+    label map is compared with the same model run by PyTorch on this machine. An image
+    input gives a label map at the compiled size in that case, at the image's size here.
+    """
+    from pipeline.artifact import read_meta
     from pipeline.outputs import check_output_path, save_output
-    from pipeline.runtime import load
 
     check_output_path(output, labels=True)
-    seg = load(artifact)
-    if input_path.suffix.lower() == ".npy":
-        labels = seg(load_input(input_path, seg.mean, seg.std, seg.input_size).tensor.numpy())
-    else:
+    meta = read_meta(artifact)
+    if device is None:
         from model.image import read_image
+        from pipeline.runtime import load
 
-        labels = seg(read_image(input_path))
-    save_output(output, labels, seg.num_classes)
+        seg = load(artifact)
+        labels = seg(_input_for(meta, input_path).tensor.numpy() if input_path.suffix.lower() == ".npy"
+                     else read_image(input_path))
+    else:
+        from pipeline.remote import agreement, host_reference, run_on_device
+
+        x = _input_for(meta, input_path).tensor.numpy()
+        labels = run_on_device(artifact, device, x, tracker)
+        ref, margin = host_reference(meta, x)
+        a = agreement(labels, ref, margin)
+        where = f"{device}{' (emulated)' if tracker is None and meta.get('emulated') else ''}"
+        click.echo(f"{where} vs PyTorch on this machine: {a.equal:.4%} of pixels equal, "
+                   f"{a.differ_outside_ties} differ outside top-two ties (< {1e-5:g})")
+        if not a.ok:
+            raise click.ClickException(f"{a.differ_outside_ties} pixels differ from the host run outside ties")
+    save_output(output, labels, int(meta["num_classes"]))
     click.echo(f"wrote {output}: int32 {list(labels.shape)}")
+
+
+@main.command()
+@ARTIFACT_OPTION
+@click.option("--device", default="host", show_default=True, help="Device profile to time on (through its tracker).")
+@TRACKER_OPTION
+@click.option("--input", "input_path", type=click.Path(path_type=Path),
+              help="Image or .npy to time with (default: the sample photograph).")
+@click.option("--repeat", default=10, show_default=True, help="Timed repeats (after one warm-up run).")
+@click.option("--number", default=3, show_default=True, help="Runs averaged within each repeat.")
+@click.option("--threads", type=int, help="Threads on the device (default: the profile's).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench(artifact: Path, device: str, tracker: str | None, input_path: Path | None, repeat: int, number: int,
+          threads: int | None, as_json: bool) -> None:
+    """Time a compiled library on a device with the VM's time evaluator."""
+    from model.image import sample_image_path
+    from pipeline.artifact import read_meta
+    from pipeline.remote import benchmark_on_device
+
+    meta = read_meta(artifact)
+    x = _input_for(meta, input_path or sample_image_path()).tensor.numpy()
+    t = benchmark_on_device(artifact, device, x, tracker, number=number, repeat=repeat, threads=threads)
+    emulated = tracker is None and bool(meta.get("emulated"))
+    if as_json:
+        click.echo(json.dumps({**t.as_dict(), "device": device, "emulated": emulated}))
+        return
+    label = f"{device} (EMULATED: qemu timings, not a phone)" if emulated else device
+    click.echo(f"{label}: median {t.median_ms:.2f} ms, p90 {t.p90_ms:.2f} ms over {repeat} repeats of {number} "
+               f"runs, {t.threads} thread(s)")
+
+
+@main.group()
+def tracker() -> None:
+    """The local RPC tracker and its device servers (real TVM RPC on 127.0.0.1)."""
+
+
+@tracker.command("start")
+@click.option("--device", help="Also start servers for this device (host, or sd855 = emulated).")
+@click.option("--servers", "count", type=int, help="How many servers for --device (a phone farm: several).")
+@click.option("--threads", type=int, help="Thread pool of each server (default: the profile's).")
+def tracker_start(device: str | None, count: int | None, threads: int | None) -> None:
+    """Start the tracker (reused if running) and, with --device, its servers."""
+    from rpc import servers
+
+    rec = servers.start_tracker()
+    click.echo(f"tracker on 127.0.0.1:{rec.port} (pid {rec.pid})")
+    if device:
+        for r in servers.start_servers(device, count=count, threads=threads):
+            click.echo(f"{r.name}: key {r.key}, port {r.port}, {r.threads} thread(s)"
+                       f"{' (emulated)' if r.emulated else ''}")
+
+
+@tracker.command("stop")
+@click.argument("name", required=False)
+def tracker_stop(name: str | None) -> None:
+    """Stop everything started here (or one process by NAME or key)."""
+    from rpc import servers
+
+    stopped = servers.stop(name)
+    click.echo("stopped " + (", ".join(stopped) if stopped else "nothing"))
+
+
+@tracker.command("status")
+def tracker_status() -> None:
+    """The processes started here: name, pid, port, key, state, log."""
+    from rpc import servers
+
+    click.echo(servers.format_status(servers.status()))
+
+
+@main.command()
+@TRACKER_OPTION
+def devices(tracker: str | None) -> None:
+    """What the tracker offers: keys with their servers, free, busy and pending."""
+    from rpc import servers
+
+    click.echo(servers.format_devices(servers.devices(tracker)))
 
 
 @main.command()

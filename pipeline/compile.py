@@ -12,7 +12,7 @@ from pipeline.artifact import BuildSpec, cached, sha256_file, write_artifact
 from pipeline.graph import Upsample, compose, effective_upsample
 from pipeline.prepare import fold_batchnorm
 from pipeline.tvm_log import quiet_tvm
-from rpc.devices import load_profile
+from rpc.linkers import BuildConfig, build_config
 
 FRONTENDS = ("torch", "onnx")
 ONNX_FILE = "model.onnx"
@@ -26,6 +26,7 @@ class CompileRequest:
     frontend: str = "torch"
     weights: Path | None = None
     input_size: tuple[int, int] = (512, 512)
+    tracker: str | None = None  # a user's tracker (real devices); None: local mode (emulation)
 
 
 def import_network(model, input_shape: tuple[int, int, int, int], frontend: str,  # noqa: ANN001 - nn.Module
@@ -44,12 +45,11 @@ def import_network(model, input_shape: tuple[int, int, int, int], frontend: str,
     raise ValueError(f"unknown frontend {frontend!r}; choose one of {', '.join(FRONTENDS)}")
 
 
-def build_spec(req: CompileRequest, num_classes: int, mean: tuple, std: tuple) -> BuildSpec:
-    profile = load_profile(req.device)
+def build_spec(req: CompileRequest, cfg: BuildConfig, num_classes: int, mean: tuple, std: tuple) -> BuildSpec:
     return BuildSpec(
         model=req.model, num_classes=num_classes, input_size=tuple(req.input_size),
-        upsample=effective_upsample(req.upsample, num_classes), frontend=req.frontend, device=profile.name,
-        target=profile.target_json(), weights_sha256=sha256_file(req.weights) if req.weights else None,
+        upsample=effective_upsample(req.upsample, num_classes), frontend=req.frontend, device=cfg.device,
+        target=cfg.target, weights_sha256=sha256_file(req.weights) if req.weights else None,
         mean=tuple(mean), std=tuple(std),
     )
 
@@ -62,8 +62,9 @@ def compile_artifact(req: CompileRequest, out_dir: str | Path, force: bool = Fal
 
     if req.frontend not in FRONTENDS:
         raise ValueError(f"unknown frontend {req.frontend!r}; choose one of {', '.join(FRONTENDS)}")
+    cfg = build_config(req.device, tracker=req.tracker)
     model = load_model(req.model, req.weights)
-    spec = build_spec(req, model.cfg.num_classes, model.cfg.mean, model.cfg.std)
+    spec = build_spec(req, cfg, model.cfg.num_classes, model.cfg.mean, model.cfg.std)
     out_dir = Path(out_dir)
     if not force and (meta := cached(out_dir, spec)) is not None:
         log(f"{out_dir}: up to date (same model, weights, target, TVM and code); reusing it (--force rebuilds)")
@@ -79,8 +80,11 @@ def compile_artifact(req: CompileRequest, out_dir: str | Path, force: bool = Fal
     module = compose(network, spec.input_shape, spec.upsample)
     with quiet_tvm():
         executable = tvm.compile(module, target=tvm.target.Target(spec.target))
-    log(f"built for {spec.device} ({spec.target.get('mcpu', '')}) in {time.perf_counter() - t1:.1f} s")
+    log(f"built for {spec.device}{' (emulated)' if cfg.emulated else ''} ({spec.target.get('mtriple', '')}, "
+        f"{spec.target.get('mcpu', '')}) in {time.perf_counter() - t1:.1f} s")
     with quiet_tvm():
-        meta = write_artifact(out_dir, spec, executable.export_library, extra={})
+        meta = write_artifact(out_dir, spec, lambda path: executable.export_library(path, fcompile=cfg.fcompile),
+                              extra={"mode": cfg.mode, "emulated": cfg.emulated, "linker": cfg.linker,
+                                     "weights": str(Path(req.weights).resolve()) if req.weights else None})
     log(f"wrote {out_dir}/model.so and meta.json")
     return meta, False

@@ -1,0 +1,237 @@
+"""``make tune`` / ``ppmseg tune``: tune PP-MobileSeg's kernels for a device through its
+tracker, build the untuned and tuned libraries, check they agree, measure both, report.
+
+Stages (each a function below): connect the device, extract tasks, time every task
+untuned on the device, pick the tasks worth tuning, tune them with MetaSchedule
+(resumable JSON database in the work directory), build both libraries, check, measure.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.artifact import BuildSpec, sha256_file, write_artifact
+from pipeline.graph import compose, effective_upsample
+from pipeline.tvm_log import quiet_tvm
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_TRIALS = 1500
+# Tune the heaviest tasks until they cover this share of the untuned time.
+COVERAGE = 0.97
+
+
+@dataclass(frozen=True)
+class TuneRequest:
+    model: str = "tiny"
+    device: str = "host"
+    trials: int = DEFAULT_TRIALS
+    input_size: tuple[int, int] = (512, 512)
+    tracker: str | None = None  # host:port of the user's tracker; None: local (emulated) devices
+    threads: int | None = None  # default: the device profile's
+    weights: Path | None = None
+    upsample: str = "vim"
+
+    @property
+    def tag(self) -> str:
+        return f"{self.model}-{self.device}-{self.input_size[0]}x{self.input_size[1]}"
+
+
+@dataclass
+class Device:
+    """A device reachable for this run: its build settings and tracker."""
+
+    name: str
+    key: str
+    emulated: bool
+    target: dict
+    linker: str
+    fcompile: Callable | None
+    tracker: tuple[str, int]
+    threads: int
+    servers: int = 1
+
+    def tvm_target(self):  # noqa: ANN201
+        import tvm
+
+        return tvm.target.Target(self.target)
+
+
+def connect_device(req: TuneRequest, log: Callable[[str], None]) -> Device:
+    """Build settings for ``req.device`` and a tracker serving it: the user's (TRACKER)
+    or the local one with servers started here (the emulator for phones)."""
+    from rpc import servers
+    from rpc.devices import load_profile
+    from rpc.linkers import build_config
+
+    profile = load_profile(req.device)
+    cfg = build_config(profile, tracker=req.tracker)
+    threads = req.threads or profile.threads
+    target = {**cfg.target, "num-cores": threads}
+    if cfg.mode == "device":
+        address = servers.tracker_address(req.tracker)
+        count = servers.devices(address)[cfg.tracker_key].total if cfg.tracker_key in servers.devices(address) else 0
+    else:
+        if cfg.emulated:
+            log(f"note: no TRACKER given; {profile.name} is EMULATED here (qemu): its timings measure the "
+                "emulator, not a phone")
+        recs = servers.start_servers(profile, threads=threads)
+        address, count = servers.tracker_address(), len(recs)
+    return Device(profile.name, cfg.tracker_key, cfg.emulated, target, cfg.linker, cfg.fcompile, address, threads,
+                  max(count, 1))
+
+
+def export_for(linker: str, mod, path: str) -> None:  # noqa: ANN001
+    from rpc.linkers import fcompile_for
+
+    with quiet_tvm():
+        mod.export_library(path, fcompile=fcompile_for(linker))
+
+
+def _builder_export(linker: str, mod) -> str:  # noqa: ANN001
+    """MetaSchedule builder hook (runs in its worker processes): export with the device's linker."""
+    import tempfile
+
+    path = str(Path(tempfile.mkdtemp(prefix="ppmseg-ms-")) / "candidate.so")
+    export_for(linker, mod, path)
+    return path
+
+
+def _random_args(args: list[tuple[tuple[int, ...], str]], rng: np.random.Generator) -> list[np.ndarray]:
+    return [rng.standard_normal(s).astype(d) if d.startswith("float") else np.zeros(s, d) for s, d in args]
+
+
+def time_tasks(device: Device, tasks: list, work_dir: Path | None, tmp: Path, number: int = 3,
+               repeat: int = 3) -> dict[str, float]:
+    """Median ms of each task's kernel on the device (default schedules, or the
+    database's best with ``work_dir``), all kernels in one uploaded library."""
+    import tvm
+
+    from rpc.session import connect
+    from schedules.tuning import task_library
+
+    target = device.tvm_target()
+    lib, kernels = task_library(tasks, target, work_dir)
+    path = tmp / ("tasks-tuned.so" if work_dir else "tasks-untuned.so")
+    with quiet_tvm():
+        executable = tvm.compile(lib, target=target)
+    export_for(device.linker, executable, str(path))
+    rng = np.random.default_rng(0)
+    out = {}
+    with connect(device.key, device.tracker) as session:
+        session.set_threads(device.threads)
+        name = session.upload(path)
+        remote_lib = session.remote.load_module(name)
+        dev = session.remote.cpu()
+        for k in kernels:
+            args = [tvm.runtime.tensor(a, dev) for a in _random_args(k.args, rng)]
+            f = remote_lib.time_evaluator(k.name, dev, number=number, repeat=repeat)
+            out[k.task] = float(np.median(f(*args).results)) * 1e3
+    return out
+
+
+def select_tasks(tasks: list, untuned_ms: dict[str, float], coverage: float = COVERAGE) -> list:
+    """Heaviest first (latency x calls per inference), until ``coverage`` of the total."""
+    cost = {t.task_name: untuned_ms[t.task_name] * int(t.weight) for t in tasks}
+    total = sum(cost.values())
+    chosen, acc = [], 0.0
+    for t in sorted(tasks, key=lambda t: -cost[t.task_name]):
+        if acc >= coverage * total:
+            break
+        chosen.append(t)
+        acc += cost[t.task_name]
+    return chosen
+
+
+@dataclass
+class TuneResult:
+    artifact: Path
+    report: dict = field(default_factory=dict)
+
+
+def run_tune(req: TuneRequest, log: Callable[[str], None] = print, work_root: Path | None = None,
+             out_root: Path | None = None) -> TuneResult:
+    from tvm.s_tir import meta_schedule as ms
+
+    from model.weights import load_model
+    from pipeline.compile import import_network
+    from schedules import tuning
+
+    work_dir = (work_root or ROOT / "tuning") / req.tag
+    out_dir = (out_root or ROOT / "build") / f"tuned-{req.tag}"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+
+    device = connect_device(req, log)
+    target = device.tvm_target()
+    model = load_model(req.model, req.weights)
+    upsample = effective_upsample(req.upsample, model.cfg.num_classes)
+    shape = (1, 3, *req.input_size)
+    network = import_network(model, shape, "torch", work_dir / "model.onnx")
+    mod = compose(network, shape, upsample)
+    tasks = tuning.extract_tasks(mod, target)
+    log(f"{len(tasks)} tasks in PP-MobileSeg-{req.model} {req.input_size[0]}x{req.input_size[1]} for {device.name}"
+        f"{' (emulated)' if device.emulated else ''}, {device.threads} thread(s)")
+
+    untuned_path = work_dir / "untuned_tasks.json"
+    untuned = json.loads(untuned_path.read_text()) if untuned_path.is_file() else {}
+    if set(untuned) != {t.task_name for t in tasks}:
+        untuned = time_tasks(device, tasks, None, work_dir)
+        untuned_path.write_text(json.dumps(untuned, indent=1))
+    chosen = select_tasks(tasks, untuned)
+    log(f"tuning {len(chosen)} tasks that take {COVERAGE:.0%} of the untuned time")
+
+    before = tuning.measured_trials(work_dir)
+    budget = max(req.trials - before, 0)
+    if before:
+        log(f"resuming {work_dir}: {before} trials already measured, {budget} left of {req.trials}")
+    progress = _progress_printer(log, budget, t_start)
+    builder = ms.builder.LocalBuilder(f_export=functools.partial(_builder_export, device.linker), max_workers=2)
+    runner = ms.runner.RPCRunner(
+        ms.runner.RPCConfig(tracker_host=device.tracker[0], tracker_port=device.tracker[1],
+                            tracker_key=device.key, session_timeout_sec=120 if device.emulated else 30),
+        ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=0 if device.emulated else 50),
+        max_workers=device.servers,
+    )
+    with quiet_tvm():
+        tuning.tune(chosen, work_dir, budget, builder=builder, runner=runner, on_update=progress)
+    trials = tuning.measured_trials(work_dir)
+    log(f"{trials} trials in the database ({trials - before} new)")
+
+    # Build both libraries and compare them on the device.
+    spec = BuildSpec(model=req.model, num_classes=model.cfg.num_classes, input_size=req.input_size,
+                     upsample=upsample, frontend="torch", device=device.name, target=device.target,
+                     weights_sha256=sha256_file(req.weights) if req.weights else None,
+                     mean=model.cfg.mean, std=model.cfg.std)
+    extra = {"emulated": device.emulated, "threads": device.threads}
+    with quiet_tvm():
+        untuned_ex = tuning.build(mod, target)
+        tuned_ex = tuning.build(mod, target, work_dir)
+    untuned_meta = write_artifact(out_dir / "untuned", spec, functools.partial(export_for, device.linker, untuned_ex),
+                                  extra)
+    tuned_meta = write_artifact(out_dir, spec, functools.partial(export_for, device.linker, tuned_ex),
+                                {**extra, "tuned": True, "database": str(work_dir), "trials": trials})
+    return TuneResult(out_dir, {"untuned_meta": untuned_meta, "tuned_meta": tuned_meta, "untuned_tasks": untuned,
+                                "chosen": [t.task_name for t in chosen], "trials": trials, "new_trials":
+                                trials - before, "work_dir": str(work_dir), "device": device})
+
+
+def _progress_printer(log: Callable[[str], None], budget: int, t0: float) -> Callable:
+    last = [0.0]
+
+    def update(p) -> None:  # noqa: ANN001
+        now = time.perf_counter()
+        if now - last[0] < 5 and p.trials < budget:
+            return
+        last[0] = now
+        best = sum((p.best_ms or {}).values())
+        log(f"  trials {p.trials}/{budget}  tasks measured {len(p.best_ms or {})}/{p.tasks}  errors {p.errors}  "
+            f"best-kernels sum {best:.1f} ms  elapsed {now - t0:.0f} s")
+
+    return update
