@@ -9,6 +9,7 @@ PPMSEG := $(VENV)/bin/ppmseg
 REFERENCE_DIR := .cache/reference
 MODEL ?= tiny
 DEVICE ?= host
+TRIALS ?=
 UPSAMPLE ?= vim
 FRONTEND ?= torch
 INPUT ?= 512x512
@@ -18,8 +19,8 @@ BUILD_DIR ?= build/$(MODEL)-$(DEVICE)-$(UPSAMPLE)-$(INPUT)
 RUNNER := build/ppmseg-run
 SERVERS ?= 1
 
-.PHONY: help setup reference test lint demo info build bench-vim tracker emulator host-server emulator-server \
-	devices tracker-stop runner runner-aarch64 clean
+.PHONY: help setup reference test lint demo info build bench-vim tune tracker emulator host-server emulator-server \
+	devices tracker-stop runner runner-aarch64 bundle clean
 
 help:  ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -72,6 +73,10 @@ build: setup  ## Compile: MODEL=tiny|base DEVICE=host UPSAMPLE=vim|interpolate F
 bench-vim: setup  ## Fused VIM vs unfused vs plain upsample (THREADS=1); writes bench/results/vim.*
 	$(PY) -m schedules.vim_bench --threads $(THREADS)
 
+tune: setup  ## Tune for DEVICE=host|sd855 [MODEL=] [TRIALS=] [TRACKER=host:port] [INPUT=HxW]; prints the artifact dir last
+	$(PPMSEG) tune --model $(MODEL) --device $(DEVICE) --input-size $(INPUT) $(if $(TRIALS),--trials $(TRIALS)) \
+		$(if $(TRACKER),--tracker $(TRACKER))
+
 tracker: setup  ## Start the local RPC tracker on 127.0.0.1 (reused if running)
 	$(PPMSEG) tracker start
 
@@ -99,6 +104,9 @@ runner-aarch64: emulator  ## The native runner cross-built for aarch64 against t
 	$(PY) -m pipeline.native -o build/aarch64/ppmseg-run --cxx aarch64-linux-gnu-g++ \
 		--site-packages $${PPMSEG_EMULATOR_DIR:-.cache/emulator}/site
 
+bundle: setup  ## Bundle $(BUILD_DIR) (make build first) for DEVICE into $(BUILD_DIR).tar.gz
+	$(PPMSEG) package --artifact $(BUILD_DIR) --device $(DEVICE) -o $(BUILD_DIR).tar.gz
+
 clean:  ## Remove build outputs (keeps the virtual environments)
 	-$(PPMSEG) tracker stop 2>/dev/null
-	rm -rf demo build .cache .pytest_cache .ruff_cache
+	rm -rf demo build tuning .cache .pytest_cache .ruff_cache

@@ -275,6 +275,65 @@ def bench(artifact: Path, device: str, tracker: str | None, input_path: Path | N
                f"runs, {t.threads} thread(s)")
 
 
+@main.command()
+@MODEL_OPTION
+@click.option("--device", default="host", show_default=True, help="Device profile to tune for.")
+@TRACKER_OPTION
+@click.option("--trials", type=int, help="Global trial budget, counting what the work directory has "
+              "(default: see README).")
+@SIZE_OPTION
+@click.option("--threads", type=int, help="Threads on the device (default: the profile's).")
+@WEIGHTS_OPTION
+@click.option("--list", "list_only", is_flag=True, help="List the tuning work directories and stop.")
+def tune(model_name: str, device: str, tracker: str | None, trials: int | None, input_size: str | None,
+         threads: int | None, weights: Path | None, list_only: bool) -> None:
+    """Tune the model's kernels with MetaSchedule on a device, build untuned and tuned
+    libraries, check they agree, measure both and write the report.
+
+    The last line printed is the tuned artifact's directory."""
+    from pipeline.inputs import parse_size
+    from pipeline.tune import DEFAULT_TRIALS, TuneRequest, list_work_dirs, run_tune
+
+    if list_only:
+        rows = list_work_dirs()
+        if not rows:
+            click.echo("no tuning work directories yet (make tune)")
+        for r in rows:
+            best = f"{r['tuned_ms']:.2f} ms tuned, {r['untuned_ms']:.2f} ms untuned" if r["tuned_ms"] else "no report"
+            click.echo(f"{r['work_dir']}: {r['trials']} trials, {best}{' (emulated)' if r['emulated'] else ''}")
+        return
+    _note_weights(weights)
+    req = TuneRequest(model=model_name, device=device, trials=trials or DEFAULT_TRIALS,
+                      input_size=parse_size(input_size) if input_size else (512, 512), tracker=tracker,
+                      threads=threads, weights=weights)
+    result = run_tune(req, log=click.echo)
+    click.echo(f"report: {result.artifact}/report.md")
+    click.echo(str(result.artifact))
+
+
+@main.command()
+@click.argument("a", type=click.Path(path_type=Path))
+@click.argument("b", type=click.Path(path_type=Path))
+def report(a: Path, b: Path) -> None:
+    """Compare two tuning reports (report.json or their artifact directories) side by side."""
+    from pipeline.report import compare, load_report
+
+    click.echo(compare(load_report(a), load_report(b)), nl=False)
+
+
+@main.command("package")
+@ARTIFACT_OPTION
+@click.option("--device", default="host", show_default=True,
+              help="Device profile the artifact was compiled for (rpc/profiles/*.toml).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The bundle to write (.tar.gz): one folder ppmseg-bundle/ with run.sh and README.txt.")
+def package_command(artifact: Path, device: str, output: Path) -> None:
+    """Bundle an artifact with the native runner and TVM runtime libraries for its device."""
+    from pipeline.package import package
+
+    package(artifact, device, output, log=click.echo)
+
+
 @main.group()
 def tracker() -> None:
     """The local RPC tracker and its device servers (real TVM RPC on 127.0.0.1)."""

@@ -13,6 +13,7 @@ from pipeline.graph import Upsample, compose, effective_upsample
 from pipeline.prepare import fold_batchnorm
 from pipeline.tvm_log import quiet_tvm
 from rpc.linkers import BuildConfig, build_config
+from schedules import tuning
 
 FRONTENDS = ("torch", "onnx")
 ONNX_FILE = "model.onnx"
@@ -79,7 +80,8 @@ def compile_artifact(req: CompileRequest, out_dir: str | Path, force: bool = Fal
     t1 = time.perf_counter()
     module = compose(network, spec.input_shape, spec.upsample)
     with quiet_tvm():
-        executable = tvm.compile(module, target=tvm.target.Target(spec.target))
+        # The CPU pipeline with operator fusion: exactly the untuned build `make tune` compares.
+        executable = tuning.build(module, tvm.target.Target(spec.target))
     log(f"built for {spec.device}{' (emulated)' if cfg.emulated else ''} ({spec.target.get('mtriple', '')}, "
         f"{spec.target.get('mcpu', '')}) in {time.perf_counter() - t1:.1f} s")
     with quiet_tvm():

@@ -82,6 +82,14 @@ def connect_device(req: TuneRequest, log: Callable[[str], None]) -> Device:
             log(f"note: no TRACKER given; {profile.name} is EMULATED here (qemu): its timings measure the "
                 "emulator, not a phone")
         recs = servers.start_servers(profile, threads=threads)
+        queue = servers.devices().get(cfg.tracker_key)
+        # Restart servers that run another thread count (measurements must use the device's)
+        # or that the tracker no longer lists (a server whose session crashed).
+        stale = [r.name for r in recs if r.threads != threads or queue is None or queue.total < len(recs)]
+        if stale:
+            for name in stale:
+                servers.stop(name)
+            recs = servers.start_servers(profile, threads=threads)
         address, count = servers.tracker_address(), len(recs)
     return Device(profile.name, cfg.tracker_key, cfg.emulated, target, cfg.linker, cfg.fcompile, address, threads,
                   max(count, 1))
@@ -155,14 +163,39 @@ class TuneResult:
     report: dict = field(default_factory=dict)
 
 
+def _load_json(path: Path, default):  # noqa: ANN001, ANN202
+    return json.loads(path.read_text()) if path.is_file() else default
+
+
+def _timing(session, lib: Path, x: np.ndarray, repeat: int, number: int) -> tuple[dict, np.ndarray]:  # noqa: ANN001
+    """Load ``lib`` in the session, run it once (labels back), then time ``main``."""
+    session.load(lib)
+    labels = session.run(x)[0]
+    t = session.benchmark(x, repeat=repeat, number=number)
+    ms_ = np.asarray(t.repeats_ms)
+    return ({"median_ms": float(np.median(ms_)), "p10_ms": float(np.percentile(ms_, 10)),
+             "p90_ms": float(np.percentile(ms_, 90)), "repeats": len(ms_), "number": number,
+             "threads": t.threads}, labels)
+
+
 def run_tune(req: TuneRequest, log: Callable[[str], None] = print, work_root: Path | None = None,
-             out_root: Path | None = None) -> TuneResult:
+             out_root: Path | None = None, repeat: int = 10) -> TuneResult:
+    """The whole job; returns the tuned artifact directory (with ``untuned/`` and the report)."""
+    import logging
+
+    import torch
     from tvm.s_tir import meta_schedule as ms
 
+    from model.image import sample_image_path
     from model.weights import load_model
     from pipeline.compile import import_network
+    from pipeline.inputs import load_input
+    from pipeline.remote import agreement, host_reference
+    from pipeline.report import write_report
+    from rpc.session import connect
     from schedules import tuning
 
+    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)  # its own logs go to work_dir/logs
     work_dir = (work_root or ROOT / "tuning") / req.tag
     out_dir = (out_root or ROOT / "build") / f"tuned-{req.tag}"
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -175,23 +208,28 @@ def run_tune(req: TuneRequest, log: Callable[[str], None] = print, work_root: Pa
     shape = (1, 3, *req.input_size)
     network = import_network(model, shape, "torch", work_dir / "model.onnx")
     mod = compose(network, shape, upsample)
+    # The ablation's plain tail is tuned too, so that VIM is compared with its best rival.
+    ablation_mod = compose(network, shape, "interpolate") if upsample == "vim" else None
     tasks = tuning.extract_tasks(mod, target)
+    names = {t.task_name for t in tasks}
+    if ablation_mod is not None:
+        tasks += [t for t in tuning.extract_tasks(ablation_mod, target) if t.task_name not in names]
     log(f"{len(tasks)} tasks in PP-MobileSeg-{req.model} {req.input_size[0]}x{req.input_size[1]} for {device.name}"
         f"{' (emulated)' if device.emulated else ''}, {device.threads} thread(s)")
 
     untuned_path = work_dir / "untuned_tasks.json"
-    untuned = json.loads(untuned_path.read_text()) if untuned_path.is_file() else {}
+    untuned = _load_json(untuned_path, {})
     if set(untuned) != {t.task_name for t in tasks}:
+        log("timing every task's default schedule on the device")
         untuned = time_tasks(device, tasks, None, work_dir)
         untuned_path.write_text(json.dumps(untuned, indent=1))
     chosen = select_tasks(tasks, untuned)
-    log(f"tuning {len(chosen)} tasks that take {COVERAGE:.0%} of the untuned time")
+    log(f"tuning the {len(chosen)} tasks that take {COVERAGE:.0%} of the untuned kernel time")
 
     before = tuning.measured_trials(work_dir)
     budget = max(req.trials - before, 0)
     if before:
         log(f"resuming {work_dir}: {before} trials already measured, {budget} left of {req.trials}")
-    progress = _progress_printer(log, budget, t_start)
     builder = ms.builder.LocalBuilder(f_export=functools.partial(_builder_export, device.linker), max_workers=2)
     runner = ms.runner.RPCRunner(
         ms.runner.RPCConfig(tracker_host=device.tracker[0], tracker_port=device.tracker[1],
@@ -200,26 +238,100 @@ def run_tune(req: TuneRequest, log: Callable[[str], None] = print, work_root: Pa
         max_workers=device.servers,
     )
     with quiet_tvm():
-        tuning.tune(chosen, work_dir, budget, builder=builder, runner=runner, on_update=progress)
+        progress = tuning.tune(chosen, work_dir, budget, builder=builder, runner=runner,
+                               on_update=_progress_printer(log, budget, t_start))
     trials = tuning.measured_trials(work_dir)
+    per_task_path = work_dir / "trials_per_task.json"
+    per_task = _load_json(per_task_path, {})
+    for name, n in progress.per_task.items():
+        per_task[name] = per_task.get(name, 0) + n
+    per_task_path.write_text(json.dumps(per_task, indent=1))
     log(f"{trials} trials in the database ({trials - before} new)")
 
-    # Build both libraries and compare them on the device.
+    # Both libraries (and the ablation's), as artifacts for the device.
     spec = BuildSpec(model=req.model, num_classes=model.cfg.num_classes, input_size=req.input_size,
                      upsample=upsample, frontend="torch", device=device.name, target=device.target,
                      weights_sha256=sha256_file(req.weights) if req.weights else None,
                      mean=model.cfg.mean, std=model.cfg.std)
-    extra = {"emulated": device.emulated, "threads": device.threads}
+    extra = {"mode": "local" if req.tracker is None else "device", "emulated": device.emulated,
+             "linker": device.linker, "threads": device.threads,
+             "weights": str(Path(req.weights).resolve()) if req.weights else None}
     with quiet_tvm():
-        untuned_ex = tuning.build(mod, target)
-        tuned_ex = tuning.build(mod, target, work_dir)
-    untuned_meta = write_artifact(out_dir / "untuned", spec, functools.partial(export_for, device.linker, untuned_ex),
-                                  extra)
-    tuned_meta = write_artifact(out_dir, spec, functools.partial(export_for, device.linker, tuned_ex),
-                                {**extra, "tuned": True, "database": str(work_dir), "trials": trials})
-    return TuneResult(out_dir, {"untuned_meta": untuned_meta, "tuned_meta": tuned_meta, "untuned_tasks": untuned,
-                                "chosen": [t.task_name for t in chosen], "trials": trials, "new_trials":
-                                trials - before, "work_dir": str(work_dir), "device": device})
+        builds = {"untuned": tuning.build(mod, target), "tuned": tuning.build(mod, target, work_dir)}
+        if ablation_mod is not None:
+            builds["tuned-interpolate"] = tuning.build(ablation_mod, target, work_dir)
+    dirs = {"tuned": out_dir, "untuned": out_dir / "untuned", "tuned-interpolate": out_dir / "interpolate"}
+    metas = {}
+    for name, ex in builds.items():
+        tuned = name != "untuned"
+        s = spec if name != "tuned-interpolate" else BuildSpec(**{**spec.__dict__, "upsample": "interpolate"})
+        metas[name] = write_artifact(dirs[name], s, functools.partial(export_for, device.linker, ex),
+                                     {**extra, "tuned": tuned, "database": str(work_dir) if tuned else None,
+                                      "trials": trials if tuned else 0})
+
+    # Check and measure on the device, with a real photograph.
+    x = load_input(sample_image_path(), model.cfg.mean, model.cfg.std, req.input_size).tensor.numpy()
+    with torch.inference_mode():
+        k_present = int(torch.unique(model(torch.from_numpy(x)).argmax(1)).numel())
+    timings, labels = {}, {}
+    with connect(device.key, device.tracker) as session:
+        session.set_threads(device.threads)
+        for name in builds:
+            log(f"measuring the {name} library on {device.name}")
+            timings[name], labels[name] = _timing(session, dirs[name] / "model.so", x, repeat,
+                                                  number=1 if device.emulated else 3)
+    ref, margin = host_reference({**metas["tuned"], "weights": extra["weights"]}, x)
+    checks = {
+        "tuned_vs_untuned": agreement(labels["tuned"], labels["untuned"], margin).__dict__,
+        "untuned_vs_pytorch": agreement(labels["untuned"], ref, margin).__dict__,
+    }
+    if checks["tuned_vs_untuned"]["differ_outside_ties"]:
+        raise RuntimeError(f"the tuned library's labels differ from the untuned one's at "
+                           f"{checks['tuned_vs_untuned']['differ_outside_ties']} pixels outside ties")
+    tuned_tasks = time_tasks(device, tasks, work_dir, work_dir)
+
+    report = {
+        "model": req.model, "device": device.name, "emulated": device.emulated, "threads": device.threads,
+        "input_size": list(req.input_size), "upsample": upsample, "trials": trials, "new_trials": trials - before,
+        "target": device.target, "work_dir": str(work_dir), "artifact": str(out_dir),
+        "date": time.strftime("%Y-%m-%d %H:%M"), "elapsed_s": round(time.perf_counter() - t_start, 1),
+        "command": f"make tune DEVICE={device.name} MODEL={req.model} TRIALS={req.trials} "
+                   f"INPUT={req.input_size[0]}x{req.input_size[1]}",
+        "untuned": timings["untuned"], "tuned": timings["tuned"],
+        "speedup": timings["untuned"]["median_ms"] / timings["tuned"]["median_ms"],
+        "checks": checks,
+        "tasks": [{"task": t.task_name, "calls": int(t.weight), "flops": float(_flops(t)),
+                   "untuned_ms": untuned[t.task_name], "tuned_ms": tuned_tasks[t.task_name],
+                   "trials": per_task.get(t.task_name, 0), "tuned": t in chosen} for t in tasks],
+        "ablation": {"k": k_present, "classes": model.cfg.num_classes,
+                     "vim_ms": timings["tuned"]["median_ms"],
+                     "interpolate_ms": timings.get("tuned-interpolate", {}).get("median_ms")},
+    }
+    write_report(out_dir, report)
+    (work_dir / "report.json").write_text(json.dumps(report, indent=1))
+    log(f"untuned {report['untuned']['median_ms']:.1f} ms, tuned {report['tuned']['median_ms']:.1f} ms "
+        f"({report['speedup']:.2f}x) on {device.name}{' (EMULATED)' if device.emulated else ''}")
+    return TuneResult(out_dir, report)
+
+
+def _flops(task) -> float:  # noqa: ANN001
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    return estimate_tir_flops(task.dispatched[0])
+
+
+def list_work_dirs(work_root: Path | None = None) -> list[dict]:
+    """Every tuning work directory with its trial count and best measured latency."""
+    from schedules import tuning
+
+    rows = []
+    for d in sorted((work_root or ROOT / "tuning").glob("*/")):
+        report = _load_json(d / "report.json", {})
+        rows.append({"work_dir": str(d), "trials": tuning.measured_trials(d),
+                     "tuned_ms": report.get("tuned", {}).get("median_ms"),
+                     "untuned_ms": report.get("untuned", {}).get("median_ms"),
+                     "emulated": report.get("emulated")})
+    return rows
 
 
 def _progress_printer(log: Callable[[str], None], budget: int, t0: float) -> Callable:

@@ -12,6 +12,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -114,7 +115,9 @@ class RemoteSession:
         """Upload a Relax VM library and create its VirtualMachine on the remote CPU."""
         from tvm import relax
 
-        name = self.upload(library, "model.so")
+        # A fresh name per upload: the server's dlopen caches by path, so a second library
+        # written over the same name would be mapped over the first one (SIGBUS).
+        name = self.upload(library, f"lib-{uuid.uuid4().hex[:12]}.so")
 
         def _load():  # noqa: ANN202
             lib = self.remote.load_module(name)

@@ -354,7 +354,9 @@ def _present_classes(bb: relax.BlockBuilder, logits: relax.Expr, stock_argmax: b
     padded, count = bb.emit(relax.TupleGetItem(found, 0)), bb.emit(relax.TupleGetItem(found, 1))
     K = tirx.Var("K", "int64")
     bb.match_cast(bb.emit(relax.op.tensor_to_shape(count)), relax.ShapeType([K]))
-    return bb.emit(relax.op.strided_slice(padded, axes=[0], begin=[0], end=[K]))
+    # take(padded, arange(K)) rather than strided_slice: the latter's legalization with a
+    # symbolic end leaves a prim.if_then_else that FuseOps cannot re-normalize.
+    return bb.emit(relax.op.take(padded, relax.op.arange(0, K, 1, "int64"), axis=0))
 
 
 def emit_vim(

@@ -1,0 +1,112 @@
+"""Tuning reports: ``report.json`` (stable keys for tools), ``report.md`` and
+``report.png`` in the artifact directory, and side-by-side comparison of two."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.files import atomic_path
+
+
+def _device(report: dict) -> str:
+    return f"{report['device']} (EMULATED: qemu timings, not a phone)" if report["emulated"] else report["device"]
+
+
+def markdown(report: dict) -> str:
+    u, t = report["untuned"], report["tuned"]
+    lines = [
+        f"# PP-MobileSeg-{report['model']} {report['input_size'][0]}x{report['input_size'][1]} on {_device(report)}",
+        "",
+        f"{report['threads']} thread(s), {report['upsample']} tail, {report['trials']} trials "
+        f"({report['new_trials']} new this run), {report['date']}, `{report['command']}`",
+        "",
+        "| build | median ms | p10 ms | p90 ms | repeats |",
+        "|---|---|---|---|---|",
+        f"| untuned | {u['median_ms']:.2f} | {u['p10_ms']:.2f} | {u['p90_ms']:.2f} | {u['repeats']} |",
+        f"| tuned | {t['median_ms']:.2f} | {t['p10_ms']:.2f} | {t['p90_ms']:.2f} | {t['repeats']} |",
+        "",
+        f"Tuned is {report['speedup']:.2f}x faster (tuned / untuned = {1 / report['speedup']:.2f}).",
+        "",
+    ]
+    checks = report["checks"]
+    lines += [f"Tuned vs untuned labels: {checks['tuned_vs_untuned']['equal']:.4%} equal, "
+              f"{checks['tuned_vs_untuned']['differ_outside_ties']} differ outside top-two ties; "
+              f"untuned vs PyTorch: {checks['untuned_vs_pytorch']['equal']:.4%} equal.", ""]
+    a = report["ablation"]
+    if a.get("interpolate_ms"):
+        lines += [f"VIM ablation (tuned builds, sample photograph, K = {a['k']} of {a['classes']} classes present "
+                  f"at low resolution): VIM {a['vim_ms']:.2f} ms, interpolate + argmax {a['interpolate_ms']:.2f} ms "
+                  f"({a['interpolate_ms'] / a['vim_ms']:.2f}x).", ""]
+    lines += ["| task | calls | MFLOP | untuned ms | tuned ms | speedup | trials |", "|---|---|---|---|---|---|---|"]
+    for r in sorted(report["tasks"], key=lambda r: -r["untuned_ms"] * r["calls"]):
+        lines.append(f"| {r['task']} | {r['calls']} | {r['flops'] / 1e6:.1f} | {r['untuned_ms']:.3f} | "
+                     f"{r['tuned_ms']:.3f} | {r['untuned_ms'] / max(r['tuned_ms'], 1e-9):.2f}x | {r['trials']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(report["tasks"], key=lambda r: -r["untuned_ms"] * r["calls"])[:15]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110, gridspec_kw={"width_ratios": [1, 3]})
+    builds = ["untuned", "tuned"] + (["interpolate"] if report["ablation"].get("interpolate_ms") else [])
+    values = [report["untuned"]["median_ms"], report["tuned"]["median_ms"]] + (
+        [report["ablation"]["interpolate_ms"]] if len(builds) == 3 else [])
+    ax1.bar(builds, values, color=["#999999", "#1f77b4", "#ff7f0e"][: len(builds)])
+    ax1.set(ylabel="end-to-end median (ms)", title=_device(report).split(" (")[0] + (
+        " (emulated)" if report["emulated"] else ""))
+    y = range(len(rows))
+    ax2.barh([i - 0.2 for i in y], [r["untuned_ms"] * r["calls"] for r in rows], 0.4, label="untuned", color="#999999")
+    ax2.barh([i + 0.2 for i in y], [r["tuned_ms"] * r["calls"] for r in rows], 0.4, label="tuned", color="#1f77b4")
+    ax2.set_yticks(list(y), [r["task"][:40] for r in rows], fontsize=6)
+    ax2.invert_yaxis()
+    ax2.set(xlabel="ms per inference (latency x calls)", title="heaviest tasks")
+    ax2.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def write_report(directory: str | Path, report: dict) -> None:
+    directory = Path(directory)
+    with atomic_path(directory / "report.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=1) + "\n")
+    with atomic_path(directory / "report.md") as tmp:
+        tmp.write_text(markdown(report))
+    _plot(report, directory / "report.png")
+
+
+def load_report(path: str | Path) -> dict:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "report.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such report")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not a JSON report ({e})") from None
+
+
+def compare(a: dict, b: dict) -> str:
+    """Two reports side by side (say two devices or two trial budgets)."""
+    def row(name: str, fa, fb) -> str:  # noqa: ANN001
+        return f"| {name} | {fa(a)} | {fb(b)} |" if fb else f"| {name} | {fa(a)} | {fa(b)} |"
+
+    def ms(key: str):  # noqa: ANN202
+        return lambda r: f"{r[key]['median_ms']:.2f}"
+
+    lines = ["| | A | B |", "|---|---|---|",
+             row("model", lambda r: r["model"], None), row("device", _device, None),
+             row("input", lambda r: "x".join(map(str, r["input_size"])), None),
+             row("threads", lambda r: r["threads"], None), row("trials", lambda r: r["trials"], None),
+             row("untuned median ms", ms("untuned"), None), row("tuned median ms", ms("tuned"), None),
+             row("speedup", lambda r: f"{r['speedup']:.2f}x", None),
+             row("VIM / interpolate ms", lambda r: f"{r['ablation']['vim_ms']:.2f} / "
+                 f"{r['ablation'].get('interpolate_ms') or float('nan'):.2f}", None)]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,183 @@
+"""MetaSchedule tuning of a Relax module's kernels, and builds with or without the
+resulting database.
+
+Both builds go through the same preparation (library dispatch, legalization,
+fusion), so the tuned functions' structural hashes match the database keys, and
+the untuned build is exactly ``tvm.compile``'s default CPU pipeline.
+Hand-scheduled kernels (``schedules/vim.py``) are never tuned or replaced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tvm
+from tvm import relax
+from tvm.ir.utils import derived_object
+from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
+from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.analysis import estimate_tir_flops
+
+from schedules.vim import HAND_SCHEDULED
+
+WORKLOADS = "database_workload.json"
+RECORDS = "database_tuning_record.json"
+
+
+# The CPU pipeline's stages, as tvm.compile's default uses them (0.27's backend
+# package does not re-export dataflow_lower_passes, so take the module itself).
+def prepare_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
+    return cpu_pipeline.library_dispatch_passes(target) + cpu_pipeline.legalize_passes(target)
+
+
+def lower_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
+    return cpu_pipeline.dataflow_lower_passes(target) + cpu_pipeline.finalize_passes(target)
+
+
+def build(mod: tvm.IRModule, target: tvm.target.Target, work_dir: str | Path | None = None) -> relax.VMExecutable:
+    """Compile ``mod``; with ``work_dir``, every kernel found in its MetaSchedule
+    database gets its best measured schedule (the rest keep the default lowering)."""
+    @tvm.transform.module_pass(opt_level=0)
+    def pipeline(m: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        with target:
+            database = [] if work_dir is None else [relax.transform.MetaScheduleApplyDatabase(str(work_dir))]
+            return tvm.transform.Sequential([*prepare_passes(target), *database, *lower_passes(target)])(m)
+
+    return tvm.compile(mod, target=target, relax_pipeline=pipeline)
+
+
+def extract_tasks(mod: tvm.IRModule, target: tvm.target.Target) -> list[ms.ExtractedTask]:
+    """The tunable kernels of ``mod`` after preparation: hand-scheduled and
+    dynamic-shape ones left out."""
+    with target:
+        prepared = tvm.transform.Sequential(prepare_passes(target))(mod)
+    tasks = ms.relax_integration.extract_tasks(prepared, target)
+    return [t for t in tasks if not _hand_scheduled(t) and _static(t)]
+
+
+def _static(task: ms.ExtractedTask) -> bool:
+    """Kernels over the symbolic K (VIM's bookkeeping) have no fixed shape to tune for."""
+    try:
+        ms.arg_info.ArgInfo.from_prim_func(task.dispatched[0]["main"])
+    except TypeError:  # a symbolic dimension cannot become a static TensorInfo
+        return False
+    return True
+
+
+def _hand_scheduled(task: ms.ExtractedTask) -> bool:
+    funcs = [f for f in task.dispatched[0].functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    return any(f.attrs is not None and f.attrs.get(HAND_SCHEDULED, False) for f in funcs)
+
+
+def measured_trials(work_dir: str | Path) -> int:
+    """Tuning records in a work directory's database (one per measured candidate)."""
+    path = Path(work_dir) / RECORDS
+    if not path.is_file():
+        return 0
+    return sum(1 for line in path.read_text().splitlines() if line.strip())
+
+
+@dataclass
+class TuneProgress:
+    """What the progress callback reports after every measured batch."""
+
+    tasks: int
+    task_names: list[str]
+    trials: int = 0
+    errors: int = 0
+    best_ms: dict[str, float] | None = None
+    per_task: dict[str, int] = field(default_factory=dict)  # candidates measured this run
+
+
+@derived_object
+class ProgressCallback(ms.measure_callback.PyMeasureCallback):
+    """Counts measured candidates and keeps each task's best latency for a display."""
+
+    def __init__(self, progress: TuneProgress, on_update: Callable[[TuneProgress], None]) -> None:
+        self.progress = progress
+        self.on_update = on_update
+
+    def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:  # noqa: ANN001
+        p = self.progress
+        name = p.task_names[task_id]
+        best = (p.best_ms or {}).get(name, float("inf"))
+        for b, r in zip(builder_results, runner_results, strict=True):
+            p.trials += 1
+            p.per_task[name] = p.per_task.get(name, 0) + 1
+            if b.error_msg is not None or r.error_msg is not None or not r.run_secs:
+                p.errors += 1
+                continue
+            secs = [float(s) for s in r.run_secs]
+            best = min(best, 1e3 * sum(secs) / len(secs))
+        if best < float("inf"):
+            p.best_ms = {**(p.best_ms or {}), name: best}
+        self.on_update(p)
+
+
+def trials_per_round(budget: int, tasks: int) -> int:
+    """Candidates per task per round. MetaSchedule's task scheduler first gives every
+    task one round in order; sized so that warm-up takes about half the budget, the
+    rest going where the gradient says, within MetaSchedule's usual 8..64."""
+    return max(1, min(budget, max(8, min(64, budget // max(2 * tasks, 1)))))
+
+
+def tune(
+    tasks: list[ms.ExtractedTask],
+    work_dir: str | Path,
+    max_trials: int,
+    *,
+    builder: ms.builder.Builder,
+    runner: ms.runner.Runner,
+    on_update: Callable[[TuneProgress], None] = lambda _p: None,
+    seed: int = 0,
+) -> TuneProgress:
+    """Tune ``tasks`` for at most ``max_trials`` new measurements, appending to the JSON
+    database in ``work_dir`` (MetaSchedule's own format and logs)."""
+    work_dir = str(work_dir)
+    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, work_dir, seed=seed)
+    progress = TuneProgress(tasks=len(contexts), task_names=[c.task_name for c in contexts])
+    if max_trials <= 0 or not contexts:
+        return progress
+    callbacks = [*ms.measure_callback.MeasureCallback.create("default"), ProgressCallback(progress, on_update)]
+    ms.tune_tasks(
+        tasks=contexts, task_weights=weights, work_dir=work_dir, max_trials_global=max_trials,
+        num_trials_per_iter=trials_per_round(max_trials, len(contexts)), builder=builder, runner=runner,
+        database=ms.database.JSONDatabase(work_dir=work_dir), cost_model=ms.cost_model.XGBModel(),
+        measure_callbacks=callbacks,
+    )
+    return progress
+
+
+@dataclass(frozen=True)
+class TaskKernel:
+    """One task's kernel as a standalone function of a per-task timing library."""
+
+    name: str  # the function's name in the library ("task_<i>")
+    task: str  # MetaSchedule's task name
+    weight: int  # how often the network calls it
+    flops: float
+    args: list[tuple[tuple[int, ...], str]]  # (shape, dtype) of each buffer argument
+    tuned: bool  # a database schedule was applied
+
+
+def task_library(tasks: list[ms.ExtractedTask], target: tvm.target.Target,
+                 work_dir: str | Path | None = None) -> tuple[tvm.IRModule, list[TaskKernel]]:
+    """Every task's kernel in one TIR module, so one build and one upload time them
+    all on a device: with the default lowering, or with ``work_dir``'s best schedules."""
+    database = ms.database.JSONDatabase(work_dir=str(work_dir)) if work_dir is not None else None
+    funcs, kernels = {}, []
+    for i, task in enumerate(tasks):
+        mod = task.dispatched[0]
+        tuned = None
+        if database is not None:
+            with target:
+                tuned = database.query_ir_module(mod, target, "main")
+        func = (tuned or mod)["main"]
+        name = f"task_{i}"
+        funcs[name] = func.with_attr("global_symbol", name)
+        args = [(tuple(int(d) for d in a.shape), str(a.dtype)) for a in ms.arg_info.ArgInfo.from_prim_func(mod["main"])]
+        kernels.append(TaskKernel(name, task.task_name, int(task.weight), float(estimate_tir_flops(mod)), args,
+                                  tuned is not None))
+    return tvm.IRModule(funcs), kernels
