@@ -22,7 +22,7 @@ from pipeline.graph import compose, effective_upsample
 from pipeline.tvm_log import quiet_tvm
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_TRIALS = 1500
+DEFAULT_TRIALS = 400
 # Tune the heaviest tasks until they cover this share of the untuned time.
 COVERAGE = 0.97
 
@@ -335,13 +335,14 @@ def list_work_dirs(work_root: Path | None = None) -> list[dict]:
 
 
 def _progress_printer(log: Callable[[str], None], budget: int, t0: float) -> Callable:
-    last = [0.0]
+    """A progress line when the trial count moved, at most every 5 s (and at the end)."""
+    last = {"time": 0.0, "trials": -1}
 
     def update(p) -> None:  # noqa: ANN001
         now = time.perf_counter()
-        if now - last[0] < 5 and p.trials < budget:
+        if p.trials == last["trials"] or (now - last["time"] < 5 and p.trials < budget):
             return
-        last[0] = now
+        last.update(time=now, trials=p.trials)
         best = sum((p.best_ms or {}).values())
         log(f"  trials {p.trials}/{budget}  tasks measured {len(p.best_ms or {})}/{p.tasks}  errors {p.errors}  "
             f"best-kernels sum {best:.1f} ms  elapsed {now - t0:.0f} s")

@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -35,3 +37,23 @@ def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     if check and proc.returncode != 0:
         raise AssertionError(f"ppmseg {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
+
+
+@contextmanager
+def private_rpc_state(directory: Path) -> Iterator[Path]:
+    """Local mode (no user tracker) with a private tracker state directory, so tests never
+    touch a fleet the user started; stops whatever was started and restores the environment."""
+    from rpc import servers
+
+    old = {k: os.environ.get(k) for k in ("PPMSEG_RPC_DIR", "TRACKER")}
+    os.environ["PPMSEG_RPC_DIR"] = str(directory)
+    os.environ.pop("TRACKER", None)
+    try:
+        yield directory
+    finally:
+        servers.stop()
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -22,6 +22,7 @@ from rpc import emulator, servers, session
 from rpc.devices import DeviceError, load_profile, resolve_mode
 from rpc.linkers import LinkerError, build_config
 from rpc.tracker import RPCError, wait_for_servers
+from tests.conftest import private_rpc_state
 
 TIE = 1e-5
 EMU_SIZE = (128, 128)
@@ -82,16 +83,8 @@ def _assert_one_line_error(err: BaseException | None, seconds: float, bound: flo
 @pytest.fixture(scope="module")
 def rpc_dir(tmp_path_factory):
     """A private state directory: these tests never touch a fleet the user started."""
-    old = {k: os.environ.get(k) for k in ("PPMSEG_RPC_DIR", "TRACKER")}
-    os.environ["PPMSEG_RPC_DIR"] = str(tmp_path_factory.mktemp("rpc-state"))
-    os.environ.pop("TRACKER", None)
-    yield Path(os.environ["PPMSEG_RPC_DIR"])
-    servers.stop()
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with private_rpc_state(tmp_path_factory.mktemp("rpc-state")) as directory:
+        yield directory
 
 
 @pytest.fixture(scope="module")

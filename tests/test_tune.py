@@ -1,0 +1,101 @@
+"""Tuning through a real loopback tracker: tiny budgets, host and emulated SD855, resume."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.runtime import load
+from pipeline.tune import TuneRequest, run_tune
+from schedules.tuning import RECORDS
+from tests.conftest import private_rpc_state
+
+SIZE = (64, 96)
+REPORT_KEYS = ("model", "device", "emulated", "threads", "trials")
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    """Private tracker state and work/output roots; local mode (no user tracker)."""
+    root = tmp_path_factory.mktemp("tune")
+    with private_rpc_state(root / "rpc"):
+        yield root / "work", root / "build"
+
+
+def _tune(dirs, **kw):
+    work, out = dirs
+    logs: list[str] = []
+    result = run_tune(TuneRequest(model="tiny", input_size=SIZE, **kw), log=logs.append, work_root=work,
+                      out_root=out, repeat=3)
+    return result, logs
+
+
+def _records(work_dir: Path) -> list[str]:
+    return [line for line in (work_dir / RECORDS).read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def host_run(dirs):
+    return _tune(dirs, device="host", trials=8)
+
+
+def test_host_tune_produces_agreeing_libraries_and_report(host_run):
+    result, logs = host_run
+    report = json.loads((result.artifact / "report.json").read_text())
+    for key in REPORT_KEYS:
+        assert key in report
+    assert report["device"] == "host" and report["emulated"] is False and report["threads"] == 1
+    assert report["untuned"]["median_ms"] > 0 and report["tuned"]["median_ms"] > 0
+    assert report["trials"] == len(_records(Path(report["work_dir"]))) >= 8
+    assert report["checks"]["tuned_vs_untuned"]["differ_outside_ties"] == 0
+    assert sum(t["trials"] for t in report["tasks"]) == report["trials"]
+    assert any(t["trials"] > 0 and t["tuned"] for t in report["tasks"])
+    for name in ("report.md", "report.png", "model.so", "untuned/model.so", "interpolate/model.so"):
+        assert (result.artifact / name).is_file(), name
+    meta = json.loads((result.artifact / "meta.json").read_text())
+    assert meta["tuned"] is True and meta["database"] == report["work_dir"]
+    # The tuned and untuned libraries give the same labels here too.
+    x = np.random.default_rng(0).standard_normal((1, 3, *SIZE)).astype(np.float32)
+    assert np.array_equal(load(result.artifact)(x), load(result.artifact / "untuned")(x))
+    assert any("trials" in line for line in logs)
+
+
+def test_resume_measures_only_new_candidates(dirs, host_run):
+    first, _ = host_run
+    work_dir = Path(first.report["work_dir"])
+    before = _records(work_dir)
+    result, logs = _tune(dirs, device="host", trials=16)
+    after = _records(work_dir)
+    assert after[: len(before)] == before  # earlier records untouched
+    assert result.report["new_trials"] == len(after) - len(before) > 0
+    assert len(after) <= 16 + 8  # the budget counts what was there (one round of slack)
+    assert any("resuming" in line for line in logs)
+    traces = [json.dumps(json.loads(r)[1]) for r in after]
+    workloads = [json.loads(r)[0] for r in after]
+    assert len(set(zip(workloads, traces, strict=True))) == len(after), "a candidate was measured twice"
+
+
+def test_list_and_compare_commands(dirs, host_run, tmp_path):
+    result, _ = host_run
+    exe = str(Path(sys.executable).with_name("ppmseg"))
+    out = subprocess.run([exe, "report", str(result.artifact), str(result.artifact / "report.json")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "tuned median ms" in out.stdout and "| A | B |" in out.stdout
+    bad = subprocess.run([exe, "report", str(tmp_path), str(result.artifact)], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 1 and "no such report" in bad.stderr
+
+
+def test_emulated_sd855_tune_is_correct(dirs):
+    result, logs = _tune(dirs, device="sd855", trials=4)
+    report = result.report
+    assert report["emulated"] is True and report["device"] == "sd855"
+    assert report["checks"]["tuned_vs_untuned"]["differ_outside_ties"] == 0
+    assert json.loads((result.artifact / "meta.json").read_text())["arch"] == "aarch64"
+    assert any("EMULATED" in line for line in logs)
+    assert "EMULATED" in (result.artifact / "report.md").read_text()
