@@ -9,6 +9,7 @@ Hand-scheduled kernels (``schedules/vim.py``) are never tuned or replaced.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +117,16 @@ class ProgressCallback(ms.measure_callback.PyMeasureCallback):
         self.on_update(p)
 
 
+def _drop_unnamed_log_handlers() -> None:
+    """MetaSchedule rebuilds its logging config from the names of its logger's handlers
+    and fails on an unnamed one (seen on a second tuning run in one process, under
+    pytest); such a handler cannot be referenced by that config anyway."""
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    for handler in list(logger.handlers):
+        if handler.get_name() is None:
+            logger.removeHandler(handler)
+
+
 def trials_per_round(budget: int, tasks: int) -> int:
     """Candidates per task per round. MetaSchedule's task scheduler first gives every
     task one round in order; sized so that warm-up takes about half the budget, the
@@ -136,6 +147,7 @@ def tune(
     """Tune ``tasks`` for at most ``max_trials`` new measurements, appending to the JSON
     database in ``work_dir`` (MetaSchedule's own format and logs)."""
     work_dir = str(work_dir)
+    _drop_unnamed_log_handlers()
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, work_dir, seed=seed)
     progress = TuneProgress(tasks=len(contexts), task_names=[c.task_name for c in contexts])
     if max_trials <= 0 or not contexts:
