@@ -25,25 +25,30 @@ def load_for_device(directory: str | Path, device: str) -> dict:
     return meta
 
 
-def run_on_device(directory: str | Path, device: str, x: np.ndarray, tracker: str | None = None) -> np.ndarray:
-    """Upload ``model.so``, run ``main`` on the normalized input, bring the labels back."""
-    from rpc import servers, session
+def _library_on(directory: str | Path, device: str, tracker: str | None) -> Path:
+    """The checked ``model.so`` of an artifact for ``device``, with local servers started
+    when no user tracker is given."""
+    from rpc import servers
 
     load_for_device(directory, device)
     if tracker is None:
         servers.ensure_local(device)
-    return session.run_on_device(Path(directory) / LIBRARY, x, device, tracker=tracker)[0]
+    return Path(directory) / LIBRARY
+
+
+def run_on_device(directory: str | Path, device: str, x: np.ndarray, tracker: str | None = None) -> np.ndarray:
+    """Upload ``model.so``, run ``main`` on the normalized input, bring the labels back."""
+    from rpc import session
+
+    return session.run_on_device(_library_on(directory, device, tracker), x, device, tracker=tracker)[0]
 
 
 def benchmark_on_device(directory: str | Path, device: str, x: np.ndarray, tracker: str | None = None,
                         number: int = 10, repeat: int = 5, threads: int | None = None):  # noqa: ANN201
-    from rpc import servers, session
+    from rpc import session
 
-    load_for_device(directory, device)
-    if tracker is None:
-        servers.ensure_local(device)
-    return session.benchmark_on_device(Path(directory) / LIBRARY, x, device, tracker=tracker, number=number,
-                                       repeat=repeat, threads=threads)
+    return session.benchmark_on_device(_library_on(directory, device, tracker), x, device, tracker=tracker,
+                                       number=number, repeat=repeat, threads=threads)
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,8 @@ def connect_device(req: TuneRequest, log: Callable[[str], None]) -> Device:
     target = {**cfg.target, "num-cores": threads}
     if cfg.mode == "device":
         address = servers.tracker_address(req.tracker)
-        count = servers.devices(address)[cfg.tracker_key].total if cfg.tracker_key in servers.devices(address) else 0
+        queue = servers.devices(address).get(cfg.tracker_key)  # one tracker round trip
+        count = queue.total if queue is not None else 0
     else:
         if cfg.emulated:
             log(f"note: no TRACKER given; {profile.name} is EMULATED here (qemu): its timings measure the "
