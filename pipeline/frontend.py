@@ -45,8 +45,8 @@ ONNX_INPUT = "x"
 ONNX_OUTPUT = "logits"
 
 
-def _example(input_shape: InputShape) -> tuple[torch.Tensor]:
-    return (torch.zeros(input_shape, dtype=torch.float32),)
+def _example(*input_shapes: InputShape) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.zeros(s, dtype=torch.float32) for s in input_shapes)
 
 
 # ---------------------------------------------------------------- scale-factor resizes
@@ -123,12 +123,12 @@ TORCH_CONVERTERS = {
 }
 
 
-def from_torch(model: torch.nn.Module, input_shape: InputShape) -> tvm.IRModule:
-    """``torch.export`` at a static shape, then Relax; weights become constants of ``main``
-    (``keep_params_as_input=False``) so the built library needs no parameter files."""
+def from_torch(model: torch.nn.Module, *input_shapes: InputShape) -> tvm.IRModule:
+    """``torch.export`` at static shapes (one per input), then Relax; weights become constants
+    of ``main`` (``keep_params_as_input=False``) so the built library needs no parameter files."""
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.export's own deprecation chatter
-        program = torch.export.export(model.eval(), _example(input_shape))
+        program = torch.export.export(model.eval(), _example(*input_shapes))
     return from_exported_program(program, keep_params_as_input=False, custom_convert_map=TORCH_CONVERTERS)
 
 

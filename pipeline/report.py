@@ -38,11 +38,41 @@ def markdown(report: dict) -> str:
         lines += [f"VIM ablation (tuned builds, sample photograph, K = {a['k']} of {a['classes']} classes present "
                   f"at low resolution): VIM {a['vim_ms']:.2f} ms, interpolate + argmax {a['interpolate_ms']:.2f} ms "
                   f"({a['interpolate_ms'] / a['vim_ms']:.2f}x).", ""]
+    g = report.get("gflops")
+    if g:
+        peak = (f" against a nominal peak of {g['peak_gflops']:.0f} GFLOP/s "
+                f"({g['tuned_gflops'] / g['peak_gflops']:.0%})" if g.get("peak_gflops")
+                else " (no nominal peak: emulated or unknown device)")
+        lines += [f"Network: {g['network_gflop']:.2f} GFLOP (convolutions and matmuls); tuned "
+                  f"{g['tuned_gflops']:.1f} GFLOP/s, untuned {g['untuned_gflops']:.1f} GFLOP/s{peak}.", ""]
+    if report.get("profile"):
+        lines += profile_table(report["profile"], report["untuned"]["median_ms"], report["tuned"]["median_ms"])
     lines += ["| task | calls | MFLOP | untuned ms | tuned ms | speedup | trials |", "|---|---|---|---|---|---|---|"]
     for r in sorted(report["tasks"], key=lambda r: -r["untuned_ms"] * r["calls"]):
         lines.append(f"| {r['task']} | {r['calls']} | {r['flops'] / 1e6:.1f} | {r['untuned_ms']:.3f} | "
                      f"{r['tuned_ms']:.3f} | {r['untuned_ms'] / max(r['tuned_ms'], 1e-9):.2f}x | {r['trials']} |")
     return "\n".join(lines) + "\n"
+
+
+def _main_parts(rows: list[dict]) -> list[dict]:
+    """The parts of the shipped network (the ablation's tail is shown apart)."""
+    return [r for r in rows if r["part"] != "tail_interpolate"]
+
+
+def profile_table(rows: list[dict], untuned_ms: float, tuned_ms: float) -> list[str]:
+    main = _main_parts(rows)
+    sums = {b: sum(r[f"{b}_ms"] for r in main) for b in ("untuned", "tuned")}
+    lines = ["Latency by part of the network (each part timed alone with the inputs it gets from the "
+             "photograph):", "", "| part | untuned ms | share | tuned ms | share | speedup |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        u, t = r["untuned_ms"], r["tuned_ms"]
+        share = (f"{u / sums['untuned']:.1%} | {t:.3f} | {t / sums['tuned']:.1%}" if r in main
+                 else f"- | {t:.3f} | -")
+        lines.append(f"| {r['label']} | {u:.3f} | {share} | {u / max(t, 1e-9):.2f}x |")
+    lines += [f"| sum of the parts | {sums['untuned']:.2f} | | {sums['tuned']:.2f} | | |",
+              f"| end to end | {untuned_ms:.2f} | | {tuned_ms:.2f} | | |", ""]
+    return lines
 
 
 def _plot(report: dict, path: Path) -> None:
@@ -52,7 +82,10 @@ def _plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = sorted(report["tasks"], key=lambda r: -r["untuned_ms"] * r["calls"])[:15]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110, gridspec_kw={"width_ratios": [1, 3]})
+    parts = _main_parts(report.get("profile") or [])
+    fig, axes = plt.subplots(1, 3 if parts else 2, figsize=(16 if parts else 11, 4.5), dpi=110,
+                             gridspec_kw={"width_ratios": [1, 3, 2] if parts else [1, 3]})
+    ax1, ax2 = axes[:2]
     builds = ["untuned", "tuned"] + (["interpolate"] if report["ablation"].get("interpolate_ms") else [])
     values = [report["untuned"]["median_ms"], report["tuned"]["median_ms"]] + (
         [report["ablation"]["interpolate_ms"]] if len(builds) == 3 else [])
@@ -66,6 +99,14 @@ def _plot(report: dict, path: Path) -> None:
     ax2.invert_yaxis()
     ax2.set(xlabel="ms per inference (latency x calls)", title="heaviest tasks")
     ax2.legend()
+    if parts:
+        y = range(len(parts))
+        axes[2].barh([i - 0.2 for i in y], [r["untuned_ms"] for r in parts], 0.4, label="untuned", color="#999999")
+        axes[2].barh([i + 0.2 for i in y], [r["tuned_ms"] for r in parts], 0.4, label="tuned", color="#1f77b4")
+        axes[2].set_yticks(list(y), [r["label"] for r in parts], fontsize=7)
+        axes[2].invert_yaxis()
+        axes[2].set(xlabel="ms", title="latency by part of the network")
+        axes[2].legend()
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

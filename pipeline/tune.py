@@ -188,11 +188,13 @@ def run_tune(req: TuneRequest, log: Callable[[str], None] = print, work_root: Pa
     from tvm.s_tir import meta_schedule as ms
 
     from model.image import sample_image_path
+    from model.summary import summarize
     from model.weights import load_model
     from pipeline.compile import import_network
     from pipeline.inputs import load_input
     from pipeline.remote import agreement, host_reference
     from pipeline.report import write_report
+    from rpc.devices import load_profile
     from rpc.session import connect
     from schedules import tuning
 
@@ -290,6 +292,10 @@ def run_tune(req: TuneRequest, log: Callable[[str], None] = print, work_root: Pa
         raise RuntimeError(f"the tuned library's labels differ from the untuned one's at "
                            f"{checks['tuned_vs_untuned']['differ_outside_ties']} pixels outside ties")
     tuned_tasks = time_tasks(device, tasks, work_dir, work_dir)
+    log("profiling the network part by part (untuned and tuned)")
+    parts = profile_parts(device, model, x, req.input_size, upsample, work_dir)
+    gflop = summarize(model, req.input_size).gflops
+    peak = None if device.emulated else load_profile(device.name).peak_gflops(device.threads)
 
     report = {
         "model": req.model, "device": device.name, "emulated": device.emulated, "threads": device.threads,
@@ -303,7 +309,11 @@ def run_tune(req: TuneRequest, log: Callable[[str], None] = print, work_root: Pa
         "checks": checks,
         "tasks": [{"task": t.task_name, "calls": int(t.weight), "flops": float(_flops(t)),
                    "untuned_ms": untuned[t.task_name], "tuned_ms": tuned_tasks[t.task_name],
-                   "trials": per_task.get(t.task_name, 0), "tuned": t in chosen} for t in tasks],
+                   "trials": per_task.get(t.task_name, 0), "tuned": t in chosen,
+                   "ablation_only": t.task_name not in names} for t in tasks],
+        "profile": parts,
+        "gflops": {"network_gflop": gflop, "tuned_gflops": gflop / timings["tuned"]["median_ms"] * 1e3,
+                   "untuned_gflops": gflop / timings["untuned"]["median_ms"] * 1e3, "peak_gflops": peak},
         "ablation": {"k": k_present, "classes": model.cfg.num_classes,
                      "vim_ms": timings["tuned"]["median_ms"],
                      "interpolate_ms": timings.get("tuned-interpolate", {}).get("median_ms")},
@@ -313,6 +323,39 @@ def run_tune(req: TuneRequest, log: Callable[[str], None] = print, work_root: Pa
     log(f"untuned {report['untuned']['median_ms']:.1f} ms, tuned {report['tuned']['median_ms']:.1f} ms "
         f"({report['speedup']:.2f}x) on {device.name}{' (EMULATED)' if device.emulated else ''}")
     return TuneResult(out_dir, report)
+
+
+def profile_parts(device: Device, model, x: np.ndarray, input_size: tuple[int, int], upsample: str,  # noqa: ANN001
+                  work_dir: Path, number: int = 3, repeat: int = 5) -> list[dict]:
+    """Median ms of each part of the network (``pipeline/profile.py``) on the device, in the
+    untuned build and with ``work_dir``'s database; with VIM, the interpolate tail too."""
+    from pipeline import profile
+    from pipeline.prepare import fold_batchnorm
+    from rpc.session import connect
+    from schedules import tuning
+
+    folded = fold_batchnorm(model)
+    inputs = profile.part_inputs(folded, x)
+    tails = {"tail": upsample, **({"tail_interpolate": "interpolate"} if upsample == "vim" else {})}
+    labels = {p.name: p.label for p in profile.network_parts(folded)}
+    labels.update(tail=f"{upsample} tail" if upsample == "vim" else "interpolate + argmax tail",
+                  tail_interpolate="interpolate + argmax tail (ablation)")
+    names = [p.name for p in profile.network_parts(folded) if p.module is not None] + list(tails)
+    with quiet_tvm():
+        mod = profile.profiling_module(folded, inputs, input_size, tails)
+    times = {}
+    with connect(device.key, device.tracker) as session:
+        session.set_threads(device.threads)
+        for build, database in (("untuned", None), ("tuned", work_dir)):
+            path = work_dir / f"profile-{build}.so"
+            with quiet_tvm():
+                export_for(device.linker, tuning.build(mod, device.tvm_target(), database), str(path))
+            session.load(path)
+            times[build] = profile.time_parts(
+                lambda f, args: session.benchmark(args, f, number=1 if device.emulated else number,
+                                                  repeat=repeat).median_ms, names, inputs)
+    return [{"part": n, "label": labels[n], "untuned_ms": times["untuned"][n], "tuned_ms": times["tuned"][n]}
+            for n in names]
 
 
 def _flops(task) -> float:  # noqa: ANN001

@@ -48,6 +48,8 @@ class DeviceProfile:
     threads: int
     target: dict = field(hash=False)
     emulation: Emulation | None = None
+    # Nominal FP32 peak of one core, for "achieved vs peak" in reports; "native": this machine's.
+    peak_gflops_per_thread: float | str | None = None
 
     def target_json(self, emulated: bool = False) -> dict:
         """The LLVM target as TVM's JSON dict (of the emulated device if ``emulated``).
@@ -68,10 +70,30 @@ class DeviceProfile:
 
         return tvm.target.Target(self.target_json(emulated))
 
+    def peak_gflops(self, threads: int) -> float | None:
+        """Nominal FP32 peak of ``threads`` cores (None when the profile does not say)."""
+        per = native_peak_gflops() if self.peak_gflops_per_thread == "native" else self.peak_gflops_per_thread
+        return None if per is None else float(per) * threads
+
     @property
     def is_host(self) -> bool:
         """Code for this machine: runs in-process or on a host RPC server."""
         return self.linker == "native"
+
+
+def native_peak_gflops() -> float | None:
+    """One x86 core's nominal FP32 peak: clock x vector lanes x 2 (FMA) x 2 FMA pipes, the
+    pipe count of current server cores (Zen 4/5, Ice Lake and later). None off x86 Linux."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    mhz = [float(line.split(":")[1]) for line in info.splitlines() if line.startswith("cpu MHz")]
+    flags = next((line.split(":")[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    lanes = 16 if "avx512f" in flags else 8 if "fma" in flags else 4 if "sse2" in flags else 0
+    if not mhz or not lanes:
+        return None
+    return max(mhz) / 1e3 * lanes * 2 * 2
 
 
 def available() -> list[str]:

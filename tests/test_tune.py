@@ -55,6 +55,14 @@ def test_host_tune_produces_agreeing_libraries_and_report(host_run):
     assert report["checks"]["tuned_vs_untuned"]["differ_outside_ties"] == 0
     assert sum(t["trials"] for t in report["tasks"]) == report["trials"]
     assert any(t["trials"] > 0 and t["tuned"] for t in report["tasks"])
+    # The latency profile: every part of the network in both builds, and the ablation's tail.
+    parts = [r["part"] for r in report["profile"]]
+    assert parts == ["stem_stage1", "stage2", "stage3", "sea1", "stage4", "sea2", "aam", "head", "tail",
+                     "tail_interpolate"]
+    assert all(r["untuned_ms"] > 0 and r["tuned_ms"] > 0 for r in report["profile"])
+    assert "Latency by part of the network" in (result.artifact / "report.md").read_text()
+    g = report["gflops"]
+    assert g["network_gflop"] > 0 and g["peak_gflops"] > 0 and g["tuned_gflops"] > 0
     for name in ("report.md", "report.png", "model.so", "untuned/model.so", "interpolate/model.so"):
         assert (result.artifact / name).is_file(), name
     meta = json.loads((result.artifact / "meta.json").read_text())
@@ -99,3 +107,4 @@ def test_emulated_sd855_tune_is_correct(dirs):
     assert json.loads((result.artifact / "meta.json").read_text())["arch"] == "aarch64"
     assert any("EMULATED" in line for line in logs)
     assert "EMULATED" in (result.artifact / "report.md").read_text()
+    assert len(report["profile"]) == 10 and report["gflops"]["peak_gflops"] is None  # no peak for an emulator
