@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import warnings
 from functools import cache
 from pathlib import Path
 
@@ -16,6 +17,13 @@ import torch.nn.functional as F
 # (long x short side), round both sides up to a multiple of 32.
 EVAL_TARGET = (2048, 512)
 SIZE_DIVISOR = 32
+# Model input sides accepted from the user (--input-size, .npy tensors): 32, the smallest side
+# the eval resize produces (Tiny needs at least 9 rows for its 1/16 logits), to 8192, four times
+# the eval resize's long side (a guard against a mistyped size exhausting memory).
+MIN_INPUT_SIDE, MAX_INPUT_SIDE = 32, 8192
+# Decompression-bomb guard for image files: Pillow's default limit, made an error (Pillow only
+# warns up to twice this). About 9459x9459; the float32 copy of such an image is 1 GB.
+MAX_IMAGE_PIXELS = 89_478_485
 
 
 class ImageError(ValueError):
@@ -24,23 +32,58 @@ class ImageError(ValueError):
 
 def read_image(path: str | Path) -> np.ndarray:
     """An image file as uint8 RGB ``[H, W, 3]`` (grey and alpha images are converted,
-    as OpenCV's colour read in PaddleSeg does)."""
+    as OpenCV's colour read in PaddleSeg does). Refuses more than ``MAX_IMAGE_PIXELS``
+    pixels before decoding anything."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
+    too_big = f"more than {MAX_IMAGE_PIXELS:,} pixels (the decompression-bomb limit); resize it first"
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+        # Pillow's warnings (the bomb warning, alpha dropped from a palette) would be stray stderr
+        # lines: the size is checked here and dropping alpha is the documented conversion.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                if im.width * im.height > MAX_IMAGE_PIXELS:
+                    raise ImageError(f"{path}: {im.width}x{im.height} is {too_big}")
+                return _as_rgb(im, path)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError:  # Pillow's own hard limit, hit while opening
+        raise ImageError(f"{path}: {too_big}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{path}: not a readable image ({e})") from None
+
+
+def _as_rgb(im, path: Path) -> np.ndarray:  # noqa: ANN001 - a PIL image, imported lazily
+    """Decode an opened image to uint8 RGB the way OpenCV's 8-bit colour read does."""
+    if im.mode.startswith("I;16"):
+        # 16-bit grey: OpenCV keeps the high byte; Pillow's convert would clip to 255 (all white).
+        grey = (np.asarray(im).astype(np.uint16) >> 8).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if im.mode in ("I", "F"):
+        raise ImageError(f"{path}: 32-bit {'float' if im.mode == 'F' else 'integer'} samples are not "
+                         "supported; save it as an 8-bit image")
+    return np.asarray(im.convert("RGB"))
 
 
 def eval_size(height: int, width: int) -> tuple[int, int]:
     """PaddleSeg's ``Resize(target_size=[2048, 512], keep_ratio=True, size_divisor=32)``."""
     scale = min(max(EVAL_TARGET) / max(height, width), min(EVAL_TARGET) / min(height, width))
-    return tuple(math.ceil(round(s * scale) / SIZE_DIVISOR) * SIZE_DIVISOR for s in (height, width))
+    size = tuple(math.ceil(round(s * scale) / SIZE_DIVISOR) * SIZE_DIVISOR for s in (height, width))
+    if min(size) == 0:  # PaddleSeg's cv2.resize fails here too
+        raise ImageError(f"a {height}x{width} image is too elongated for the eval resize (a side would "
+                         "shrink to 0 pixels); give the model input size (--input-size HxW)")
+    return size
+
+
+def check_input_size(height: int, width: int, what: str = "input size") -> tuple[int, int]:
+    """Refuse a model input outside ``MIN_INPUT_SIDE`` to ``MAX_INPUT_SIDE`` on either side."""
+    if not (MIN_INPUT_SIDE <= height <= MAX_INPUT_SIDE and MIN_INPUT_SIDE <= width <= MAX_INPUT_SIDE):
+        raise ImageError(f"{what} {height}x{width} is outside {MIN_INPUT_SIDE} to {MAX_INPUT_SIDE} pixels per side")
+    return height, width
 
 
 def _linear_axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -69,13 +112,26 @@ def normalize_image(image: np.ndarray, size: tuple[int, int], mean: tuple[float,
                     std: tuple[float, ...]) -> torch.Tensor:
     """uint8 RGB ``[H, W, 3]`` to the model's float32 ``[1, 3, h, w]`` input, like
     PaddleSeg: resize the float image (``resize_bilinear``), scale to [0, 1], standardize."""
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ImageError(f"expected a uint8 RGB image [H, W, 3], got {image.dtype} {list(image.shape)}")
+    image = as_rgb_array(image)
     x = image.astype(np.float32)
     if x.shape[:2] != tuple(size):
         x = resize_bilinear(x, size)
     x = (x / np.float32(255) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)[None]))
+
+
+def as_rgb_array(image: np.ndarray) -> np.ndarray:
+    """A uint8 image array as RGB ``[H, W, 3]``: grey ``[H, W]`` or ``[H, W, 1]`` is repeated and
+    the alpha of ``[H, W, 4]`` dropped, as for image files; anything else is refused."""
+    if image.dtype == np.uint8 and image.ndim == 2:
+        image = image[:, :, None]
+    ok = image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] in (1, 3, 4)
+    if not ok or image.shape[0] < 1 or image.shape[1] < 1:
+        raise ImageError(f"expected a uint8 RGB image [H, W, 3] (grey [H, W] and RGBA [H, W, 4] are "
+                         f"converted), got {image.dtype} {list(image.shape)}")
+    if image.shape[2] == 1:
+        return np.repeat(image, 3, axis=2)
+    return image[:, :, :3]
 
 
 def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:

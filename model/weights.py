@@ -47,6 +47,10 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0].rstrip(",:") if str(err).strip() else type(err).__name__
+
+
 def _shorten(keys: list[str], most: int = 4) -> str:
     shown = ", ".join(keys[:most])
     return shown + (f" and {len(keys) - most} more" if len(keys) > most else "")
@@ -63,8 +67,9 @@ def read_pdparams(path: str | Path) -> dict[str, np.ndarray]:
     except WeightsError as e:
         raise WeightsError(f"{path}: {e}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
-        kind = "truncated" if isinstance(e, EOFError) else "not a Paddle checkpoint"
-        raise WeightsError(f"{path}: {kind} ({type(e).__name__}: {e})") from None
+        # A cut pickle ends in EOFError or in "pickle data was truncated", depending on where it was cut.
+        kind = "truncated" if isinstance(e, EOFError) or "truncated" in str(e) else "not a Paddle checkpoint"
+        raise WeightsError(f"{path}: {kind} ({type(e).__name__}: {_first_line(e)})") from None
     if not isinstance(obj, dict) or not obj:
         raise WeightsError(f"{path}: not a Paddle checkpoint (expected a dict of arrays)")
 
@@ -92,9 +97,10 @@ def num_classes_of(state: dict[str, np.ndarray | torch.Tensor]) -> int | None:
     return None
 
 
-def convert_state_dict(paddle_state: dict[str, np.ndarray], model: PPMobileSeg) -> dict[str, torch.Tensor]:
-    """Map a Paddle state dict onto ``model``'s keys; every key on both sides must be
-    used, with equal shapes, or nothing is returned."""
+def convert_state_dict(paddle_state: dict[str, np.ndarray | torch.Tensor], model: PPMobileSeg
+                       ) -> dict[str, torch.Tensor]:
+    """Map a Paddle state dict (or an already converted one) onto ``model``'s keys; every
+    key on both sides must be used, with equal shapes, or nothing is returned."""
     target = model.state_dict()
     out: dict[str, torch.Tensor] = {}
     unused, mismatched, seen = [], [], set()
@@ -106,7 +112,8 @@ def convert_state_dict(paddle_state: dict[str, np.ndarray], model: PPMobileSeg) 
         elif tuple(array.shape) != tuple(target[name].shape):
             mismatched.append(f"{key} {list(array.shape)} vs {list(target[name].shape)}")
         else:
-            out[name] = torch.from_numpy(np.ascontiguousarray(array)).to(target[name].dtype)
+            value = array if isinstance(array, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(array))
+            out[name] = value.to(target[name].dtype)
     for name, value in target.items():
         if name.endswith(DERIVED_SUFFIXES):
             out[name] = torch.zeros_like(value)
@@ -125,7 +132,7 @@ def convert_state_dict(paddle_state: dict[str, np.ndarray], model: PPMobileSeg) 
     return out
 
 
-def _hint(paddle_state: dict[str, np.ndarray], tried: str) -> str:
+def _hint(paddle_state: dict[str, np.ndarray | torch.Tensor], tried: str) -> str:
     """Name the variant and class count a mismatching checkpoint does fit, if any."""
     from model.pp_mobileseg import VARIANTS
 
@@ -141,31 +148,40 @@ def _hint(paddle_state: dict[str, np.ndarray], tried: str) -> str:
     return ""
 
 
+def _fit(state: dict[str, np.ndarray | torch.Tensor], model_name: str, path: Path) -> dict[str, torch.Tensor]:
+    """``state`` checked and mapped onto the named variant with the checkpoint's class count;
+    a mismatch names the keys and, when it fits the other variant, says so."""
+    model = build_model(model_name, num_classes_of(state))
+    try:
+        return convert_state_dict(state, model)
+    except WeightsError as e:
+        raise WeightsError(f"{path}: {e}{_hint(state, model_name)}") from None
+
+
 def convert_pdparams(path: str | Path, model_name: str) -> dict[str, torch.Tensor]:
     """Read a ``.pdparams`` and return a state dict for the named variant, with the
     class count taken from the checkpoint."""
-    paddle_state = read_pdparams(path)
-    model = build_model(model_name, num_classes_of(paddle_state))
-    try:
-        return convert_state_dict(paddle_state, model)
-    except WeightsError as e:
-        raise WeightsError(f"{path}: {e}{_hint(paddle_state, model_name)}") from None
+    return _fit(read_pdparams(path), model_name, Path(path))
 
 
 def load_state(path: str | Path, model_name: str) -> dict[str, torch.Tensor]:
     """A state dict from a converted ``.pt`` file or, directly, from a ``.pdparams``."""
     path = Path(path)
-    if path.suffix == ".pdparams":
+    if path.suffix.lower() == ".pdparams":
         return convert_pdparams(path, model_name)
     if not path.is_file():
         raise WeightsError(f"{path}: no such file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a bad file; all mean "unreadable"
-        raise WeightsError(f"{path}: not a PyTorch state dict ({type(e).__name__})") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"{path}: not a PyTorch state dict")
-    return state
+        # torch's own messages run over many lines about zip internals or weights_only.
+        raise WeightsError(f"{path}: not a PyTorch state dict (unreadable: truncated, or not written by "
+                           f"torch.save; {type(e).__name__})") from None
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path}: not a PyTorch state dict (expected a dict of tensors)")
+    # The same key and shape checks as a .pdparams (load_state_dict would fail with a
+    # multi-line message that names neither the file nor the variant it fits).
+    return _fit(state, model_name, path)
 
 
 def load_model(model_name: str, weights: str | Path | None, output: str = "logits") -> PPMobileSeg:
@@ -175,8 +191,5 @@ def load_model(model_name: str, weights: str | Path | None, output: str = "logit
         return build_model(model_name, output=output)
     state = load_state(weights, model_name)
     model = build_model(model_name, num_classes_of(state), output=output)
-    result = model.load_state_dict(state, strict=False)
-    bad = list(result.missing_keys) + list(result.unexpected_keys)
-    if bad:
-        raise WeightsError(f"{weights}: does not fit PP-MobileSeg-{model_name}: {_shorten(bad)}")
+    model.load_state_dict(state)  # strict: load_state checked every key and shape
     return model

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import struct
 import subprocess
 import time
 from dataclasses import asdict, dataclass
@@ -27,6 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCE_DIRS = ("model", "pipeline", "schedules", "rpc")
 # ELF e_machine values, to refuse a library for another architecture before dlopen.
 ELF_MACHINES = {0x3E: "x86_64", 0xB7: "aarch64"}
+# What the runtimes read from meta.json; an artifact without them cannot be run.
+REQUIRED_FIELDS = ("variant", "num_classes", "input_shape", "mean", "std", "device", "target", "tvm", "tvm_ffi",
+                   "so_sha256")
 
 
 class ArtifactError(ValueError):
@@ -100,16 +104,51 @@ def elf_machine(path: str | Path) -> str:
     return ELF_MACHINES.get(int.from_bytes(head[18:20], "little"), f"unknown ({head[18:20].hex()})")
 
 
+def check_elf_layout(path: str | Path) -> None:
+    """dlopen maps segments without checking the file is long enough (a truncated library
+    kills the process with SIGBUS): the ELF64 header tables and loadable segments must lie
+    inside the file. The native runner makes the same check."""
+    data = Path(path).read_bytes()
+    size = len(data)
+    if size < 64 or data[4] != 2 or data[5] != 1:
+        raise ArtifactError(f"{path}: not a 64-bit little-endian ELF library")
+    e_type, = struct.unpack_from("<H", data, 16)
+    if e_type != 3:
+        raise ArtifactError(f"{path}: not an ELF shared library (e_type is not ET_DYN)")
+    phoff, shoff = struct.unpack_from("<QQ", data, 32)
+    phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", data, 54)
+
+    def inside(offset: int, length: int) -> bool:
+        return offset <= size and length <= size - offset
+
+    corrupt = ArtifactError(f"{path}: truncated or corrupt ELF library")
+    if phentsize < 56 or not inside(phoff, phentsize * phnum) or (shnum and not inside(shoff, shentsize * shnum)):
+        raise corrupt
+    for i in range(phnum):  # p_type, p_offset and p_filesz of each program header
+        kind, offset, filesz = struct.unpack_from("<I4xQ16xQ", data, phoff + i * phentsize)
+        if kind == 1 and not inside(offset, filesz):  # PT_LOAD
+            raise corrupt
+
+
 def read_meta(directory: str | Path) -> dict:
     path = Path(directory) / META
+    if not Path(directory).is_dir():
+        raise ArtifactError(f"{directory}: no such artifact directory")
     if not path.is_file():
         raise ArtifactError(f"{directory}: no {META} (not an artifact directory)")
     try:
         meta = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArtifactError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != META_FORMAT:
         raise ArtifactError(f"{path}: not a {META_FORMAT} file")
+    missing = [k for k in REQUIRED_FIELDS if k not in meta]
+    if missing:
+        raise ArtifactError(f"{path}: incomplete, no {', '.join(missing)}")
+    shape = meta["input_shape"]
+    if not (isinstance(shape, list) and len(shape) == 4 and shape[:2] == [1, 3]
+            and all(isinstance(n, int) and n > 0 for n in shape)):
+        raise ArtifactError(f"{path}: input_shape {shape!r} is not [1, 3, H, W]")
     return meta
 
 
@@ -181,6 +220,7 @@ def verify(directory: str | Path, arch: str | None = None) -> dict:
         raise ArtifactError(f"{directory}: {LIBRARY} is missing")
     if sha256_file(lib) != meta.get("so_sha256"):
         raise ArtifactError(f"{lib}: SHA-256 does not match {META} (modified or from another build)")
+    check_elf_layout(lib)
     ours = versions()
     for name in ("tvm", "tvm_ffi"):
         if meta.get(name) != ours[name]:

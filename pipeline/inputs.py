@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.image import ImageError, eval_size, normalize_image, read_image
+from model.image import ImageError, check_input_size, eval_size, normalize_image, read_image
 
 
 @dataclass
@@ -24,23 +24,34 @@ class ModelInput:
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """``"HxW"`` (for example ``512x1024``: 512 rows, 1024 columns)."""
+    """``"HxW"`` (for example ``512x1024``: 512 rows, 1024 columns), each side within
+    ``MIN_INPUT_SIDE`` to ``MAX_INPUT_SIDE``."""
     parts = text.lower().split("x")
     if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
         raise ValueError(f"input size {text!r} is not HxW with positive integers, e.g. 512x512")
-    return int(parts[0]), int(parts[1])
+    return check_input_size(int(parts[0]), int(parts[1]))
 
 
 def load_tensor(path: Path, size: tuple[int, int] | None = None) -> torch.Tensor:
     """A normalized ``[1, 3, H, W]`` float32 tensor from ``.npy``."""
+    with open(path, "rb") as f:
+        if f.read(6) != b"\x93NUMPY":  # else np.load talks about pickles
+            raise ImageError(f"{path}: not a .npy file")
     try:
-        array = np.load(path, allow_pickle=False)
+        # Memory-mapped: dtype and shape are checked from the header before any data is read.
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        raise ImageError(f"{path}: not a readable .npy array ({e})") from None
+        kind = "truncated" if "greater than file size" in str(e) else "not a readable .npy array"
+        raise ImageError(f"{path}: {kind} ({e})") from None
     if array.dtype != np.float32 or array.ndim != 4 or array.shape[:2] != (1, 3):
-        raise ImageError(f"{path}: expected a float32 [1, 3, H, W] tensor, got {array.dtype} {list(array.shape)}")
-    if size is not None and array.shape[2:] != tuple(size):
+        layout = " (NHWC? the layout is NCHW)" if array.ndim == 4 and array.shape[-1] == 3 else ""
+        raise ImageError(f"{path}: expected a float32 [1, 3, H, W] tensor, got {array.dtype} "
+                         f"{list(array.shape)}{layout}")
+    if size is None:
+        check_input_size(*array.shape[2:], what=f"{path}: spatial size")
+    elif array.shape[2:] != tuple(size):
         raise ImageError(f"{path}: expected spatial size {size[0]}x{size[1]}, got {array.shape[2]}x{array.shape[3]}")
+    array = np.array(array, order="C")  # into memory, C-contiguous and writable
     if not np.isfinite(array).all():
         raise ImageError(f"{path}: tensor contains NaN or infinite values")
     return torch.from_numpy(array)
@@ -56,5 +67,8 @@ def load_input(path: str | Path, mean: tuple[float, ...], std: tuple[float, ...]
     if path.suffix.lower() == ".npy":
         return ModelInput(load_tensor(path, size), None)
     image = read_image(path)
-    target = size or eval_size(*image.shape[:2])
+    try:
+        target = size or eval_size(*image.shape[:2])
+    except ImageError as e:
+        raise ImageError(f"{path}: {e}") from None
     return ModelInput(normalize_image(image, target, mean, std), image)

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.artifact import LIBRARY, META, ArtifactError, elf_machine, read_meta, sha256_file
+from pipeline.artifact import LIBRARY, META, ArtifactError, check_elf_layout, elf_machine, read_meta, sha256_file
 from pipeline.files import atomic_path
 from pipeline.native import RUNNER, NativeBuildError, Wheels, build_runner
 
@@ -111,6 +111,7 @@ def _check_artifact(artifact_dir: Path, device: str) -> dict:
         raise _fail(f"{artifact_dir}: {LIBRARY} is missing")
     if sha256_file(lib) != meta.get("so_sha256"):
         raise _fail(f"{lib}: SHA-256 does not match {META} (modified or from another build)")
+    check_elf_layout(lib)  # a truncated library would be bundled, then refused on the device
     arch = elf_machine(lib)
     if meta.get("arch") != arch:
         raise _fail(f"{lib}: library is {arch}, {META} says arch {meta.get('arch')}")

@@ -7,30 +7,37 @@ from pathlib import Path
 import numpy as np
 
 from model.image import ImageError, normalize_image, resize_labels
-from pipeline.artifact import LIBRARY, verify
+from pipeline.artifact import LIBRARY, ArtifactError, verify
 from pipeline.tvm_log import quiet_tvm
 
 
 class CompiledSegmenter:
     """A loaded ``model.so``. Call it with a uint8 RGB ``[H, W, 3]`` image of any size
-    (resized and normalized as PaddleSeg's eval transforms do, label map resized back
-    with nearest neighbour) or a normalized float32 ``[1, 3, h, w]`` array of the
-    compiled shape (label map at that shape). Returns int32 labels ``[H, W]``."""
+    (grey ``[H, W]`` and RGBA ``[H, W, 4]`` are converted; resized and normalized as
+    PaddleSeg's eval transforms do, label map resized back with nearest neighbour) or a
+    normalized float32 ``[1, 3, h, w]`` array of the compiled shape (label map at that
+    shape). Returns int32 labels ``[H, W]``."""
 
     def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.meta = verify(self.directory)  # before importing TVM: a bad artifact fails in a moment
+
         import tvm
         from tvm import relax
 
-        self.directory = Path(directory)
-        self.meta = verify(self.directory)
         self.input_shape = tuple(self.meta["input_shape"])
         self.input_size = self.input_shape[2:]
         self.mean, self.std = tuple(self.meta["mean"]), tuple(self.meta["std"])
         self._tvm = tvm
         self._dev = tvm.cpu(0)
-        with quiet_tvm():
-            self._lib = tvm.runtime.load_module(str(self.directory / LIBRARY))
-        self._vm = relax.VirtualMachine(self._lib, self._dev)
+        lib = self.directory / LIBRARY
+        try:
+            with quiet_tvm():
+                self._lib = tvm.runtime.load_module(str(lib))
+            self._vm = relax.VirtualMachine(self._lib, self._dev)
+        except Exception as e:  # noqa: BLE001 - TVM raises several types; all mean "not our library"
+            detail = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            raise ArtifactError(f"{lib}: not a loadable ppmseg library ({detail})") from None
 
     @property
     def num_classes(self) -> int:
@@ -50,11 +57,15 @@ class CompiledSegmenter:
         return self.run_tensor(x, "logits")
 
     def __call__(self, image_or_tensor: np.ndarray) -> np.ndarray:
-        if image_or_tensor.dtype == np.uint8:
-            x = normalize_image(image_or_tensor, self.input_size, self.mean, self.std).numpy()
+        array = np.asarray(image_or_tensor)  # also a PIL image or a CPU torch tensor
+        if array.dtype == np.uint8:
+            x = normalize_image(array, self.input_size, self.mean, self.std).numpy()
             labels = self.run_tensor(x)[0]
-            return resize_labels(labels, image_or_tensor.shape[:2])
-        return self.run_tensor(image_or_tensor)[0]
+            return resize_labels(labels, array.shape[:2])
+        if array.dtype != np.float32:
+            raise ImageError(f"expected a uint8 RGB image [H, W, 3] or a normalized float32 "
+                             f"{list(self.input_shape)} tensor, got {array.dtype} {list(array.shape)}")
+        return self.run_tensor(array)[0]
 
 
 def load(directory: str | Path) -> CompiledSegmenter:

@@ -351,9 +351,9 @@ def tracker_address(tracker: str | tuple[str, int] | None = None) -> tuple[str, 
                    "`ppmseg tracker start`")
 
 
-def devices(tracker: str | tuple[str, int] | None = None, timeout: float = 5.0) -> dict[str, Queue]:
+def devices(tracker: str | tuple[str, int] | None = None, timeout: float | None = None) -> dict[str, Queue]:
     """What a tracker offers, per key (servers, free, busy, pending); the tracker is chosen
-    as in :func:`tracker_address`."""
+    as in :func:`tracker_address`. ``timeout``: default ``PPMSEG_TRACKER_TIMEOUT`` (5 s)."""
     return _tracker.queues(tracker_address(tracker), timeout)
 
 

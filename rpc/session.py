@@ -23,13 +23,14 @@ import psutil
 
 from rpc.devices import DeviceProfile, load_profile
 from rpc.servers import tracker_address
-from rpc.tracker import RPCError, TrackerClient
+from rpc.tracker import RPCError, TrackerClient, env_seconds, tracker_timeout
 
 __all__ = ["RPCError", "RemoteSession", "Timing", "benchmark_on_device", "connect", "run_on_device",
            "tracker_address"]
 
-CONNECT_TIMEOUT = 30.0  # s: tracker answer for a free server, and the handshake with it
-CALL_TIMEOUT = 600.0  # s: one remote step (upload, load, run, timing); qemu is slow
+# Defaults of the environment variables that set them (read at each connect):
+CONNECT_TIMEOUT = 30.0  # s, PPMSEG_CONNECT_TIMEOUT: a free server of the key, and the handshake with it
+CALL_TIMEOUT = 600.0  # s, PPMSEG_CALL_TIMEOUT: one remote step (upload, load, run, timing); qemu is slow
 AFFINITY_BIG = 1  # runtime.config_threadpool mode: big cores first (threading::ThreadGroup::kBig)
 
 
@@ -247,29 +248,40 @@ def _is_connection_error(err: BaseException) -> bool:
     return any(s in str(err).lower() for s in LOST)
 
 
-def connect(key: str, tracker: str | tuple[str, int] | None = None, timeout: float = CALL_TIMEOUT,
-            wait: float = CONNECT_TIMEOUT, session_timeout: float = 0) -> RemoteSession:
+def call_timeout() -> float:
+    return env_seconds("PPMSEG_CALL_TIMEOUT", CALL_TIMEOUT)
+
+
+def connect_timeout() -> float:
+    return env_seconds("PPMSEG_CONNECT_TIMEOUT", CONNECT_TIMEOUT)
+
+
+def connect(key: str, tracker: str | tuple[str, int] | None = None, timeout: float | None = None,
+            wait: float | None = None, session_timeout: float = 0) -> RemoteSession:
     """A session on a free server of ``key`` from the tracker (see :func:`tracker_address`).
-    Waits at most ``wait`` s for a free server; fails at once if none is registered.
-    ``timeout`` bounds each later remote step; ``session_timeout`` (s, 0: none) makes the
-    server end the session itself after that long."""
+    Waits at most ``wait`` s (default :func:`connect_timeout`) for a free server; fails at
+    once if none is registered. ``timeout`` (default :func:`call_timeout`) bounds each later
+    remote step; ``session_timeout`` (s, 0: none) makes the server end the session itself
+    after that long."""
     from tvm import rpc as tvm_rpc
 
+    timeout, wait = timeout or call_timeout(), wait or connect_timeout()
     address = tracker_address(tracker)
     deadline = time.monotonic() + wait
     last = ""
     for _attempt in range(3):  # a server that died after the tracker handed it out: ask again
-        with TrackerClient(address, timeout=min(wait, 10.0)) as t:
+        with TrackerClient(address, timeout=min(wait, tracker_timeout())) as t:
             queue = t.queues().get(key)
             if queue is None or queue.total == 0:
                 keys = ", ".join(k for k, q in t.queues().items() if q.total) or "none"
                 raise RPCError(f"no {key!r} servers registered with tracker {address[0]}:{address[1]} "
                                f"(keys with servers: {keys})")
             host, port, matchkey = t.request(key, timeout=max(deadline - time.monotonic(), 0.5))
+        # The handshake gets what is left of ``wait``, but at least min(wait, 5 s).
+        handshake = max(deadline - time.monotonic(), min(wait, 5.0))
         try:
             remote = _guarded("handshake", lambda h=host, p=port, m=matchkey: tvm_rpc.connect(
-                h, p, m, session_timeout=session_timeout), max(deadline - time.monotonic(), 5.0), (host, port),
-                f"{key!r} server {host}:{port}")
+                h, p, m, session_timeout=session_timeout), handshake, (host, port), f"{key!r} server {host}:{port}")
             return RemoteSession(remote, key, (host, port), timeout)
         except RPCError as e:
             last = str(e)
@@ -280,7 +292,7 @@ def connect(key: str, tracker: str | tuple[str, int] | None = None, timeout: flo
 
 def run_on_device(library: str | Path, inputs: np.ndarray | list[np.ndarray], device: str | DeviceProfile,
                   tracker: str | tuple[str, int] | None = None, function: str = "main",
-                  timeout: float = CALL_TIMEOUT) -> np.ndarray:
+                  timeout: float | None = None) -> np.ndarray:
     """Upload ``library`` to a server of ``device``'s key, run ``function`` once, return the output."""
     profile = load_profile(device)
     with connect(profile.tracker_key, tracker, timeout=timeout) as s:
@@ -290,7 +302,7 @@ def run_on_device(library: str | Path, inputs: np.ndarray | list[np.ndarray], de
 
 def benchmark_on_device(library: str | Path, inputs: np.ndarray | list[np.ndarray], device: str | DeviceProfile,
                         tracker: str | tuple[str, int] | None = None, function: str = "main", number: int = 10,
-                        repeat: int = 5, threads: int | None = None, timeout: float = CALL_TIMEOUT) -> Timing:
+                        repeat: int = 5, threads: int | None = None, timeout: float | None = None) -> Timing:
     """Time ``function`` of ``library`` on ``device`` with ``threads`` (default: the profile's)."""
     profile = load_profile(device)
     with connect(profile.tracker_key, tracker, timeout=timeout) as s:

@@ -4,6 +4,7 @@ here every socket operation has a timeout and every failure is one line."""
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import struct
@@ -14,10 +15,30 @@ from tvm.rpc import base
 
 DEFAULT_PORT = 9190
 LOCAL_HOST = "127.0.0.1"
+# s, default of PPMSEG_TRACKER_TIMEOUT: connecting to a tracker and each of its answers.
+TRACKER_TIMEOUT = 5.0
 
 
 class RPCError(RuntimeError):
     """A tracker, server or remote session failed; the message is one line."""
+
+
+def env_seconds(name: str, default: float) -> float:
+    """A wait in seconds from the environment variable ``name``, else ``default``."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise RPCError(f"{name}={text!r} is not a positive number of seconds")
+    return value
+
+
+def tracker_timeout() -> float:
+    return env_seconds("PPMSEG_TRACKER_TIMEOUT", TRACKER_TIMEOUT)
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -52,7 +73,8 @@ class Queue:
 class TrackerClient:
     """One connection to a tracker. Use as a context manager."""
 
-    def __init__(self, address: tuple[str, int], timeout: float = 5.0) -> None:
+    def __init__(self, address: tuple[str, int], timeout: float | None = None) -> None:
+        timeout = timeout or tracker_timeout()
         self.address, self.timeout = address, timeout
         where = f"{address[0]}:{address[1]}"
         try:
@@ -133,7 +155,7 @@ class TrackerClient:
         return host, int(port), matchkey
 
 
-def queues(address: tuple[str, int], timeout: float = 5.0) -> dict[str, Queue]:
+def queues(address: tuple[str, int], timeout: float | None = None) -> dict[str, Queue]:
     with TrackerClient(address, timeout) as t:
         return t.queues()
 
