@@ -19,7 +19,7 @@ BUILD_DIR ?= build/$(MODEL)-$(DEVICE)-$(UPSAMPLE)-$(INPUT)
 RUNNER := build/ppmseg-run
 SERVERS ?= 1
 
-.PHONY: help setup reference test lint demo info build bench-vim tune tracker emulator host-server emulator-server \
+.PHONY: help setup reference test lint demo info build bench-vim bench tune tracker emulator host-server emulator-server \
 	devices tracker-stop runner runner-aarch64 bundle clean
 
 help:  ## List the targets
@@ -72,6 +72,13 @@ build: setup  ## Compile: MODEL=tiny|base DEVICE=host UPSAMPLE=vim|interpolate F
 
 bench-vim: setup  ## Fused VIM vs unfused vs plain upsample (THREADS=1); writes bench/results/vim.*
 	$(PY) -m schedules.vim_bench --threads $(THREADS)
+
+# `make bench` runs Tiny and Base; MODEL=tiny|base on the command line runs one.
+BENCH_MODELS = $(if $(filter file,$(origin MODEL)),tiny base,$(MODEL))
+bench: setup reference  ## PyTorch, ONNX Runtime, Paddle Inference, TVM untuned/tuned side by side [MODEL=] [THREADS=1|all] [DEVICE=host]; writes bench/results/
+	@set -e; for m in $(BENCH_MODELS); do \
+		$(PY) -m pipeline.peer_bench --model $$m --threads $(THREADS) --device $(DEVICE) \
+			--command "make bench MODEL=$$m THREADS=$(THREADS) DEVICE=$(DEVICE)"; done
 
 tune: setup  ## Tune for DEVICE=host|sd855 [MODEL=] [TRIALS=] [TRACKER=host:port] [INPUT=HxW]; prints the artifact dir last
 	$(PPMSEG) tune --model $(MODEL) --device $(DEVICE) --input-size $(INPUT) $(if $(TRIALS),--trials $(TRIALS)) \

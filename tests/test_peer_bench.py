@@ -1,0 +1,107 @@
+"""The peer benchmark (``make bench``) end to end on a small input: real PyTorch, ONNX Runtime,
+Paddle Inference (in ``.venv-ref``) and TVM workers; structure of the results, never speed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from model.upsample import vim_labels
+from pipeline.engines import ENGINES
+from pipeline.engines.ort_engine import append_label_tail
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench(*args: str, timeout: float = 400) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline.peer_bench", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=timeout)
+
+
+def test_bench_end_to_end(tmp_path: Path, reference_dir: Path) -> None:
+    out = tmp_path / "results"
+    proc = bench("--model", "tiny", "--input-size", "64x64", "--repeat", "2", "--rounds", "2", "--out", str(out),
+                 "--work", str(tmp_path / "work"), "--tuning-root", str(tmp_path / "tuning"),
+                 "--checkpoint", str(reference_dir / "tiny.pdparams"))
+    assert proc.returncode == 0, proc.stderr
+    latest = out / "latest-tiny.json"
+    results = json.loads(latest.read_text())
+    stem = out / f"{results['date']}-tiny"
+    for suffix in (".json", ".md", ".png"):
+        assert stem.with_suffix(suffix).is_file()
+    assert stem.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads(stem.with_suffix(".json").read_text()) == results
+    assert not list(out.glob(".*")), "temporary files left behind"
+
+    assert isinstance(results["machine"]["cpu"], str) and results["machine"]["cpu"]
+    assert results["machine"]["cores"] >= 1
+    assert results["command"].startswith("python -m pipeline.peer_bench")
+    assert results["input"]["size"] == [64, 64] and "motorcycle" in results["input"]["image"]
+    assert results["threads"] == 1 and results["repeat"] == 2 and results["rounds"] == 2
+
+    rows = {r["engine"]: r for r in results["rows"]}
+    assert list(rows) == list(ENGINES)
+    for name in ("torch", "onnxruntime", "paddle", "tvm-untuned"):
+        r = rows[name]
+        assert "error" not in r, r
+        assert r["threads"] == 1 and r["repeats"] == 2
+        assert 0 < r["median_ms"] <= r["p90_ms"]
+        assert r["peak_rss_mb"] > 0 and r["size_mb"] > 0 and r["size_counts"]
+        assert 0.0 <= r["agreement"] <= 100.0
+        assert r["ratio_to_onnxruntime"] == pytest.approx(r["median_ms"] / rows["onnxruntime"]["median_ms"])
+    assert rows["torch"]["agreement"] == 100.0
+    # No database for this input size: the row is there, unmeasured, and says why.
+    tuned = rows["tvm-tuned"]
+    assert tuned["median_ms"] is None and tuned["agreement"] is None and "no MetaSchedule database" in tuned["note"]
+
+    md = stem.with_suffix(".md").read_text()
+    assert results["machine"]["cpu"] in md and results["command"] in md and "TVM tuned" in md
+    assert "not measured" in md
+
+
+def test_failing_engine_is_one_line_and_the_rest_is_written(tmp_path: Path, reference_dir: Path) -> None:
+    proc = bench("--model", "tiny", "--input-size", "64x64", "--repeat", "1", "--engines", "torch,paddle",
+                 "--out", str(tmp_path), "--work", str(tmp_path / "work"), "--ref-python", str(tmp_path / "nope"),
+                 "--checkpoint", str(reference_dir / "tiny.pdparams"))
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: paddle:")]
+    assert len(errors) == 1 and "make reference" in errors[0]
+    rows = {r["engine"]: r for r in json.loads((tmp_path / "latest-tiny.json").read_text())["rows"]}
+    assert rows["paddle"]["median_ms"] is None and rows["paddle"]["error"]
+    assert rows["torch"]["median_ms"] > 0
+
+
+def test_emulated_device_is_refused(tmp_path: Path) -> None:
+    proc = bench("--device", "sd855", "--out", str(tmp_path), timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and "emulated" in proc.stderr and "not comparable" in proc.stderr
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("k", [1, 3, 40])
+def test_onnx_vim_tail_matches_pytorch(k: int) -> None:
+    """The VIM tail in ONNX operators gives PyTorch's VIM label map (``model.upsample``)."""
+    rng = np.random.default_rng(k)
+    c, h, w, size = 150, 5, 7, (37, 52)
+    logits = rng.standard_normal((1, c, h, w)).astype(np.float32)
+    classes = rng.choice(c, k, replace=False)
+    logits[0, classes[rng.integers(0, k, (h, w))], np.arange(h)[:, None], np.arange(w)] += 8.0
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["logits"])], "tail",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, h, w])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, c, h, w])])
+    model = append_label_tail(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), size, vim=True)
+    onnx.checker.check_model(model)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    labels = session.run(["labels"], {"x": logits})[0]
+    expected = vim_labels(torch.from_numpy(logits), size).numpy()
+    assert labels.dtype == np.int32 and labels.shape == (1, *size)
+    assert np.mean(labels == expected) > 0.999  # float rounding may flip exact near-ties only
