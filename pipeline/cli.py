@@ -35,8 +35,20 @@ class CLIGroup(click.Group):
         except Exception as e:  # the boundary where errors become messages
             if ctx.obj and ctx.obj.get("debug"):
                 traceback.print_exc()
-            message = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise click.ClickException(message) from None
+            raise click.ClickException(error_line(e)) from None
+
+
+def error_line(e: Exception) -> str:
+    """One line for an error: its message's first line (the last one when the message is a
+    traceback, as some TVM errors are). Every error the project raises for bad input is a
+    ValueError, RuntimeError or OSError; any other type is a bug and is named as such."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    if not lines:
+        return f"{type(e).__name__} (ppmseg --debug ... shows the traceback)"
+    line = lines[-1] if lines[0].startswith("Traceback") else lines[0]
+    if isinstance(e, (ValueError, RuntimeError, OSError)):
+        return line
+    return f"{type(e).__name__}: {line} (ppmseg --debug ... shows the traceback)"
 
 
 @click.group(cls=CLIGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -119,9 +131,10 @@ def predict(model_name: str, weights: Path | None, input_path: Path, mode: str, 
     from pipeline.outputs import check_output_path, save_output
 
     check_output_path(output, labels=mode != "logits")
+    cfg = VARIANTS[model_name]
+    x = load_input(input_path, cfg.mean, cfg.std, parse_size(input_size) if input_size else None)  # cheap checks first
     _note_weights(weights)
     model = load_model(model_name, weights, output=mode)
-    x = load_input(input_path, model.cfg.mean, model.cfg.std, parse_size(input_size) if input_size else None)
     with torch.inference_mode():
         out = model(x.tensor).numpy()
     if mode != "logits":
@@ -279,34 +292,43 @@ def bench(artifact: Path, device: str, tracker: str | None, input_path: Path | N
 @MODEL_OPTION
 @click.option("--device", default="host", show_default=True, help="Device profile to tune for.")
 @TRACKER_OPTION
-@click.option("--trials", type=int, help="Global trial budget, counting what the work directory has "
+@click.option("--trials", type=click.IntRange(min=0), help="Global trial budget, counting what the work directory has "
               "(default: see README).")
 @SIZE_OPTION
 @click.option("--threads", type=int, help="Threads on the device (default: the profile's).")
 @WEIGHTS_OPTION
+@click.option("--device-wait", type=click.FloatRange(min=0), help="Seconds to wait for a lost device to come "
+              "back before stopping (default PPMSEG_DEVICE_WAIT or 300).")
+@click.option("--work-root", type=click.Path(file_okay=False, path_type=Path), help="Where the work directories "
+              "(databases) live (default: ./tuning).")
+@click.option("--out-root", type=click.Path(file_okay=False, path_type=Path), help="Where the tuned artifacts "
+              "go (default: ./build).")
 @click.option("--list", "list_only", is_flag=True, help="List the tuning work directories and stop.")
 def tune(model_name: str, device: str, tracker: str | None, trials: int | None, input_size: str | None,
-         threads: int | None, weights: Path | None, list_only: bool) -> None:
+         threads: int | None, weights: Path | None, device_wait: float | None, work_root: Path | None,
+         out_root: Path | None, list_only: bool) -> None:
     """Tune the model's kernels with MetaSchedule on a device, build untuned and tuned
     libraries, check they agree, measure both and write the report.
 
     The last line printed is the tuned artifact's directory."""
     from pipeline.inputs import parse_size
-    from pipeline.tune import DEFAULT_TRIALS, TuneRequest, list_work_dirs, run_tune
+    from pipeline.tune import DEFAULT_TRIALS, DEVICE_WAIT, TuneRequest, list_work_dirs, run_tune
 
     if list_only:
-        rows = list_work_dirs()
+        rows = list_work_dirs(work_root)
         if not rows:
             click.echo("no tuning work directories yet (make tune)")
         for r in rows:
             best = f"{r['tuned_ms']:.2f} ms tuned, {r['untuned_ms']:.2f} ms untuned" if r["tuned_ms"] else "no report"
             click.echo(f"{r['work_dir']}: {r['trials']} trials, {best}{' (emulated)' if r['emulated'] else ''}")
         return
-    _note_weights(weights)
-    req = TuneRequest(model=model_name, device=device, trials=trials or DEFAULT_TRIALS,
+    req = TuneRequest(model=model_name, device=device, trials=DEFAULT_TRIALS if trials is None else trials,
                       input_size=parse_size(input_size) if input_size else (512, 512), tracker=tracker,
-                      threads=threads, weights=weights)
-    result = run_tune(req, log=click.echo)
+                      threads=threads, weights=weights,
+                      device_wait=DEVICE_WAIT if device_wait is None else device_wait)
+    # The weights note comes once the run holds its work directory (a refused run prints one line).
+    result = run_tune(req, log=click.echo, work_root=work_root, out_root=out_root,
+                      on_start=lambda: _note_weights(weights))
     click.echo(f"report: {result.artifact}/report.md")
     click.echo(str(result.artifact))
 
@@ -411,6 +433,75 @@ def segment(image: Path, artifact: Path, output: Path, labels_path: Path | None)
     click.echo(f"wrote {output} and {overlay_path}")
     for cid, name, share in class_shares(labels, n):
         click.echo(f"  {share:6.1%}  {cid:3d} {name}")
+
+
+@main.command("evaluate")
+@click.option("--artifact", type=click.Path(file_okay=False, path_type=Path),
+              help="Evaluate a compiled artifact (model.so + meta.json) on this machine.")
+@click.option("--model", "model_name", type=click.Choice(sorted(VARIANTS)), help="Evaluate the PyTorch model.")
+@WEIGHTS_OPTION
+@click.option("--mode", type=click.Choice(["paddleseg", "vim", "interpolate"]),
+              help="--model only. paddleseg (default): PaddleSeg's val.py (logits bilinear to the image size, "
+                   "argmax); vim / interpolate: the model's label map, nearest to the image size (an artifact's way).")
+@click.option("--input-size", "input_size", metavar="HxW",
+              help="--model only: run every image at this size (default: PaddleSeg's eval size of each image).")
+@click.option("--dataset", required=True, type=click.Path(path_type=Path),
+              help="A folder with ADEChallengeData2016/{images,annotations}/validation (or that folder itself).")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N images (sorted by name).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the result (.json).")
+def evaluate_command(artifact: Path | None, model_name: str | None, weights: Path | None, mode: str | None,
+                     input_size: str | None, dataset: Path, limit: int | None, output: Path | None) -> None:
+    """mIoU, per-class IoU and pixel accuracy on ADE20K validation, as PaddleSeg computes them."""
+    import time
+
+    from pipeline import evaluate as ev
+    from pipeline.files import atomic_path
+    from pipeline.inputs import parse_size
+
+    if (artifact is None) == (model_name is None):
+        raise click.UsageError("give exactly one of --artifact DIR and --model M")
+    if artifact is not None and (weights or mode or input_size):
+        raise click.UsageError("--weights, --mode and --input-size go with --model (an artifact has its own)")
+    if output is not None and output.suffix.lower() != ".json":
+        raise click.BadParameter(f"{output}: must end in .json", param_hint="-o")
+    samples = ev.list_samples(dataset, limit)
+    if artifact is not None:
+        predict = ev.artifact_predictor(artifact)
+        meta = predict.meta
+        ev.check_classes(predict.num_classes, str(artifact))
+        if meta.get("weights_sha256") is None:
+            click.echo("note: the artifact was compiled without --weights (fixed random initialization)", err=True)
+        mode = meta["upsample"]
+        evaluated = {"backend": "tvm", "artifact": str(artifact), "model": meta["variant"],
+                     "weights_sha256": meta.get("weights_sha256"), "upsample": mode,
+                     "input_size": list(predict.input_size), "device": meta["device"], "tuned": meta.get("tuned"),
+                     "so_sha256": meta["so_sha256"]}
+        what = f"{artifact} (PP-MobileSeg-{meta['variant']}, TVM, {mode}, {'x'.join(map(str, predict.input_size))})"
+    else:
+        from model.weights import load_model
+        from pipeline.artifact import sha256_file
+
+        _note_weights(weights)
+        mode = mode or "paddleseg"
+        size = parse_size(input_size) if input_size else None
+        model = load_model(model_name, weights, output="logits")
+        ev.check_classes(model.cfg.num_classes, f"PP-MobileSeg-{model_name}")
+        predict = ev.pytorch_predictor(model, mode, size)
+        evaluated = {"backend": "pytorch", "model": model_name, "weights": str(weights) if weights else None,
+                     "weights_sha256": sha256_file(weights) if weights else None, "mode": mode,
+                     "input_size": list(size) if size else "paddleseg-eval"}
+        what = f"PP-MobileSeg-{model_name} (PyTorch, {mode}, {input_size or 'PaddleSeg eval size'})"
+    start = time.perf_counter()
+    acc = ev.evaluate(samples, predict)
+    doc = ev.result_document(acc, dataset, evaluated, ev.PROTOCOLS[mode], limit, time.perf_counter() - start)
+    if output is not None:
+        with atomic_path(output) as tmp:
+            tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    accuracy = "n/a" if doc["pixel_accuracy"] is None else f"{doc['pixel_accuracy']:.2%}"
+    click.echo(f"{what} on {acc.images} images: mIoU {doc['miou']:.2%}, pixel accuracy {accuracy}, "
+               f"{doc['classes_present']} of {acc.num_classes} classes present")
+    if output is not None:
+        click.echo(f"wrote {output}")
 
 
 if __name__ == "__main__":

@@ -127,9 +127,10 @@ def from_torch(model: torch.nn.Module, *input_shapes: InputShape) -> tvm.IRModul
     """``torch.export`` at static shapes (one per input), then Relax; weights become constants
     of ``main`` (``keep_params_as_input=False``) so the built library needs no parameter files."""
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.export's own deprecation chatter
+        # torch.export's own deprecation chatter, also raised when TVM's importer copies the program
+        warnings.simplefilter("ignore", FutureWarning)
         program = torch.export.export(model.eval(), _example(*input_shapes))
-    return from_exported_program(program, keep_params_as_input=False, custom_convert_map=TORCH_CONVERTERS)
+        return from_exported_program(program, keep_params_as_input=False, custom_convert_map=TORCH_CONVERTERS)
 
 
 # ---------------------------------------------------------------- ONNX frontend

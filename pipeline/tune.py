@@ -8,10 +8,14 @@ untuned on the device, pick the tasks worth tuning, tune them with MetaSchedule
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TRIALS = 400
 # Tune the heaviest tasks until they cover this share of the untuned time.
 COVERAGE = 0.97
+LOCK_FILE = "tune.lock"
+# How long tuning waits for a server with the device's key to come back before it stops.
+DEVICE_WAIT = float(os.environ.get("PPMSEG_DEVICE_WAIT", 300))
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,7 @@ class TuneRequest:
     threads: int | None = None  # default: the device profile's
     weights: Path | None = None
     upsample: str = "vim"
+    device_wait: float = DEVICE_WAIT  # seconds to wait for a lost device before stopping
 
     @property
     def tag(self) -> str:
@@ -56,6 +64,17 @@ class Device:
     tracker: tuple[str, int]
     threads: int
     servers: int = 1
+    started: list[str] = field(default_factory=list)  # local RPC processes this run started
+
+    def available(self) -> bool:
+        """A server with the device's key is registered with the tracker."""
+        from rpc import servers
+
+        try:
+            queue = servers.devices(self.tracker).get(self.key)
+        except Exception:  # noqa: BLE001 - an unreachable tracker offers no device either
+            return False
+        return queue is not None and queue.total > 0
 
     def tvm_target(self):  # noqa: ANN201
         import tvm
@@ -82,6 +101,7 @@ def connect_device(req: TuneRequest, log: Callable[[str], None]) -> Device:
         if cfg.emulated:
             log(f"note: no TRACKER given; {profile.name} is EMULATED here (qemu): its timings measure the "
                 "emulator, not a phone")
+        running = {st.name for st in servers.status() if st.alive}
         recs = servers.start_servers(profile, threads=threads)
         queue = servers.devices().get(cfg.tracker_key)
         # Restart servers that run another thread count (measurements must use the device's)
@@ -92,6 +112,9 @@ def connect_device(req: TuneRequest, log: Callable[[str], None]) -> Device:
                 servers.stop(name)
             recs = servers.start_servers(profile, threads=threads)
         address, count = servers.tracker_address(), len(recs)
+        started = sorted({st.name for st in servers.status() if st.alive} - running, key=lambda n: n == "tracker")
+        return Device(profile.name, cfg.tracker_key, cfg.emulated, target, cfg.linker, cfg.fcompile, address,
+                      threads, max(count, 1), started)
     return Device(profile.name, cfg.tracker_key, cfg.emulated, target, cfg.linker, cfg.fcompile, address, threads,
                   max(count, 1))
 
@@ -165,7 +188,19 @@ class TuneResult:
 
 
 def _load_json(path: Path, default):  # noqa: ANN001, ANN202
-    return json.loads(path.read_text()) if path.is_file() else default
+    """``default`` for a missing or unreadable file (it is recomputed, never trusted)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return default
+
+
+def _write_json(path: Path, data) -> None:  # noqa: ANN001 - any JSON value
+    """Atomically: a run killed while writing leaves the previous file or none."""
+    from pipeline.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1))
 
 
 def _timing(session, lib: Path, x: np.ndarray, repeat: int, number: int) -> tuple[dict, np.ndarray]:  # noqa: ANN001
@@ -180,8 +215,68 @@ def _timing(session, lib: Path, x: np.ndarray, repeat: int, number: int) -> tupl
 
 
 def run_tune(req: TuneRequest, log: Callable[[str], None] = print, work_root: Path | None = None,
-             out_root: Path | None = None, repeat: int = 10) -> TuneResult:
-    """The whole job; returns the tuned artifact directory (with ``untuned/`` and the report)."""
+             out_root: Path | None = None, repeat: int = 10,
+             on_start: Callable[[], None] = lambda: None) -> TuneResult:
+    """The whole job; returns the tuned artifact directory (with ``untuned/`` and the report).
+    One run per work directory at a time (a lock the kernel drops if the holder dies); the
+    local RPC processes it started are stopped when it ends, however it ends."""
+    from pipeline.files import exclusive_lock
+    from rpc import servers
+    from schedules import tuning
+
+    work_dir = (work_root or ROOT / "tuning") / req.tag
+    out_dir = (out_root or ROOT / "build") / f"tuned-{req.tag}"
+    with exclusive_lock(work_dir / LOCK_FILE, f"tuning work directory {work_dir}"):
+        on_start()
+        cut = tuning.repair_database(work_dir)
+        if cut:
+            log(f"dropped a half-written database line ({cut} bytes) left by an interrupted run")
+        device = connect_device(req, log)
+        try:
+            with _handling(_interrupt, signal.SIGTERM):
+                return _tune_and_report(req, device, work_dir, out_dir, log, repeat)
+        except KeyboardInterrupt:
+            log(f"interrupted: {work_dir} keeps its {tuning.measured_trials(work_dir)} records; "
+                "run the same command again to resume")
+            raise
+        finally:
+            for name in device.started:
+                servers.stop(name)
+
+
+@contextlib.contextmanager
+def _handling(handler: Callable, *signals: signal.Signals) -> Iterator[None]:
+    """``handler`` for ``signals`` inside the block (main thread only: elsewhere Python refuses)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _interrupt(_signum: int, _frame) -> None:  # noqa: ANN001
+    """``kill PID`` stops a run as cleanly as Ctrl-C does (servers stopped, database whole)."""
+    raise KeyboardInterrupt
+
+
+def _request_stop(stop: threading.Event) -> Callable:
+    """While MetaSchedule's C++ scheduler runs, SIGINT and SIGTERM only set ``stop``: the runner
+    raises at its next batch, where the scheduler unwinds cleanly (a KeyboardInterrupt raised at
+    an arbitrary point in there crashed the process). A second signal interrupts at once."""
+    def request(_signum: int, _frame) -> None:  # noqa: ANN001
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    return request
+
+
+def _tune_and_report(req: TuneRequest, device: Device, work_dir: Path, out_dir: Path, log: Callable[[str], None],
+                     repeat: int) -> TuneResult:
     import logging
 
     import torch
@@ -199,24 +294,20 @@ def run_tune(req: TuneRequest, log: Callable[[str], None] = print, work_root: Pa
     from schedules import tuning
 
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)  # its own logs go to work_dir/logs
-    work_dir = (work_root or ROOT / "tuning") / req.tag
-    out_dir = (out_root or ROOT / "build") / f"tuned-{req.tag}"
-    work_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-
-    device = connect_device(req, log)
     target = device.tvm_target()
     model = load_model(req.model, req.weights)
     upsample = effective_upsample(req.upsample, model.cfg.num_classes)
     shape = (1, 3, *req.input_size)
-    network = import_network(model, shape, "torch", work_dir / "model.onnx")
-    mod = compose(network, shape, upsample)
-    # The ablation's plain tail is tuned too, so that VIM is compared with its best rival.
-    ablation_mod = compose(network, shape, "interpolate") if upsample == "vim" else None
-    tasks = tuning.extract_tasks(mod, target)
-    names = {t.task_name for t in tasks}
-    if ablation_mod is not None:
-        tasks += [t for t in tuning.extract_tasks(ablation_mod, target) if t.task_name not in names]
+    with quiet_tvm():
+        network = import_network(model, shape, "torch", work_dir / "model.onnx")
+        mod = compose(network, shape, upsample)
+        # The ablation's plain tail is tuned too, so that VIM is compared with its best rival.
+        ablation_mod = compose(network, shape, "interpolate") if upsample == "vim" else None
+        tasks = tuning.extract_tasks(mod, target)
+        names = {t.task_name for t in tasks}
+        if ablation_mod is not None:
+            tasks += [t for t in tuning.extract_tasks(ablation_mod, target) if t.task_name not in names]
     log(f"{len(tasks)} tasks in PP-MobileSeg-{req.model} {req.input_size[0]}x{req.input_size[1]} for {device.name}"
         f"{' (emulated)' if device.emulated else ''}, {device.threads} thread(s)")
 
@@ -225,7 +316,7 @@ def run_tune(req: TuneRequest, log: Callable[[str], None] = print, work_root: Pa
     if set(untuned) != {t.task_name for t in tasks}:
         log("timing every task's default schedule on the device")
         untuned = time_tasks(device, tasks, None, work_dir)
-        untuned_path.write_text(json.dumps(untuned, indent=1))
+        _write_json(untuned_path, untuned)
     chosen = select_tasks(tasks, untuned)
     log(f"tuning the {len(chosen)} tasks that take {COVERAGE:.0%} of the untuned kernel time")
 
@@ -234,21 +325,31 @@ def run_tune(req: TuneRequest, log: Callable[[str], None] = print, work_root: Pa
     if before:
         log(f"resuming {work_dir}: {before} trials already measured, {budget} left of {req.trials}")
     builder = ms.builder.LocalBuilder(f_export=functools.partial(_builder_export, device.linker), max_workers=2)
-    runner = ms.runner.RPCRunner(
+    rpc_runner = ms.runner.RPCRunner(
         ms.runner.RPCConfig(tracker_host=device.tracker[0], tracker_port=device.tracker[1],
                             tracker_key=device.key, session_timeout_sec=120 if device.emulated else 30),
         ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=0 if device.emulated else 50),
         max_workers=device.servers,
     )
-    with quiet_tvm():
-        progress = tuning.tune(chosen, work_dir, budget, builder=builder, runner=runner,
-                               on_update=_progress_printer(log, budget, t_start))
+    stop = threading.Event()
+    runner = tuning.DeviceWatchRunner(rpc_runner, device.available, req.device_wait, on_wait=log,
+                                      stopping=stop.is_set)
+    try:
+        with quiet_tvm(), _handling(_request_stop(stop), signal.SIGINT, signal.SIGTERM):
+            tuning.tune(chosen, work_dir, budget, builder=builder, runner=runner,
+                        on_update=_progress_printer(log, budget, t_start))
+    except BaseException as e:
+        runner.abort()
+        if stop.is_set():
+            raise KeyboardInterrupt from e
+        if not runner.lost:
+            raise
+        raise tuning.DeviceLost(
+            f"device {device.name} lost: no server with key {device.key!r} came back within {req.device_wait:.0f} s; "
+            f"{work_dir} keeps its {tuning.measured_trials(work_dir)} records; run the same command again to resume"
+        ) from None
     trials = tuning.measured_trials(work_dir)
-    per_task_path = work_dir / "trials_per_task.json"
-    per_task = _load_json(per_task_path, {})
-    for name, n in progress.per_task.items():
-        per_task[name] = per_task.get(name, 0) + n
-    per_task_path.write_text(json.dumps(per_task, indent=1))
+    per_task = tuning.trials_per_task(tasks, work_dir)
     log(f"{trials} trials in the database ({trials - before} new)")
 
     # Both libraries (and the ablation's), as artifacts for the device.
@@ -309,7 +410,7 @@ def run_tune(req: TuneRequest, log: Callable[[str], None] = print, work_root: Pa
         "checks": checks,
         "tasks": [{"task": t.task_name, "calls": int(t.weight), "flops": float(_flops(t)),
                    "untuned_ms": untuned[t.task_name], "tuned_ms": tuned_tasks[t.task_name],
-                   "trials": per_task.get(t.task_name, 0), "tuned": t in chosen,
+                   "trials": per_task[t.task_name], "tuned": t in chosen,
                    "ablation_only": t.task_name not in names} for t in tasks],
         "profile": parts,
         "gflops": {"network_gflop": gflop, "tuned_gflops": gflop / timings["tuned"]["median_ms"] * 1e3,
@@ -319,7 +420,7 @@ def run_tune(req: TuneRequest, log: Callable[[str], None] = print, work_root: Pa
                      "interpolate_ms": timings.get("tuned-interpolate", {}).get("median_ms")},
     }
     write_report(out_dir, report)
-    (work_dir / "report.json").write_text(json.dumps(report, indent=1))
+    _write_json(work_dir / "report.json", report)
     log(f"untuned {report['untuned']['median_ms']:.1f} ms, tuned {report['tuned']['median_ms']:.1f} ms "
         f"({report['speedup']:.2f}x) on {device.name}{' (EMULATED)' if device.emulated else ''}")
     return TuneResult(out_dir, report)

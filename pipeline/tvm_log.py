@@ -13,7 +13,8 @@ from contextlib import contextmanager
 
 NOISE = re.compile(
     r"Warning: (Scope (Saving|Loaded)"  # export_library / load_module bookkeeping
-    r"|Fast mode segfaults when there are out-of-bounds indices)"  # take() on indices we compute in range
+    r"|Fast mode segfaults when there are out-of-bounds indices"  # take() on indices we compute in range
+    r"|Creating JSONDatabase)"  # every use of a tuning database names its two files
 )
 
 

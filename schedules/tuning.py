@@ -9,12 +9,19 @@ Hand-scheduled kernels (``schedules/vim.py``) are never tuned or replaced.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
+import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import tvm
+import tvm_ffi
 from tvm import relax
 from tvm.ir.utils import derived_object
 from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
@@ -72,12 +79,53 @@ def _hand_scheduled(task: ms.ExtractedTask) -> bool:
     return any(f.attrs is not None and f.attrs.get(HAND_SCHEDULED, False) for f in funcs)
 
 
+def _lines(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
 def measured_trials(work_dir: str | Path) -> int:
     """Tuning records in a work directory's database (one per measured candidate)."""
-    path = Path(work_dir) / RECORDS
-    if not path.is_file():
-        return 0
-    return sum(1 for line in path.read_text().splitlines() if line.strip())
+    return len(_lines(Path(work_dir) / RECORDS))
+
+
+def repair_database(work_dir: str | Path) -> int:
+    """Cut a half-written last line off the database files (a run killed while MetaSchedule
+    appended to them), which would otherwise stop the database from loading; every
+    complete record stays. Returns the bytes cut."""
+    cut = 0
+    for name in (WORKLOADS, RECORDS):
+        path = Path(work_dir) / name
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        keep = len(data)
+        while keep:
+            start = data.rfind(b"\n", 0, keep - 1) + 1
+            line = data[start:keep]
+            if line.endswith(b"\n") and _parses(line):
+                break
+            keep = start  # unterminated or garbled: the interrupted append
+        if keep < len(data):
+            os.truncate(path, keep)
+            cut += len(data) - keep
+    return cut
+
+
+def _parses(line: bytes) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
+
+
+def trials_per_task(tasks: list[ms.ExtractedTask], work_dir: str | Path) -> dict[str, int]:
+    """Database records per task. MetaSchedule keys workloads by the structural hash of
+    the task's module, so the count survives runs that were killed before reporting."""
+    work_dir = Path(work_dir)
+    workloads = [json.loads(line)[0] for line in _lines(work_dir / WORKLOADS)]
+    counts = Counter(workloads[json.loads(line)[0]] for line in _lines(work_dir / RECORDS))
+    return {t.task_name: counts.get(str(tvm_ffi.structural_hash(t.dispatched[0])), 0) for t in tasks}
 
 
 @dataclass
@@ -115,6 +163,66 @@ class ProgressCallback(ms.measure_callback.PyMeasureCallback):
         if best < float("inf"):
             p.best_ms = {**(p.best_ms or {}), name: best}
         self.on_update(p)
+
+
+class DeviceLost(RuntimeError):
+    """No server for the device's key came back within the allowed wait."""
+
+
+class TuningInterrupted(RuntimeError):
+    """The user asked the run to stop (raised between batches, where MetaSchedule unwinds cleanly)."""
+
+
+@derived_object
+class DeviceWatchRunner(ms.runner.PyRunner):
+    """Runs each batch through ``runner`` once ``available()`` says a server for the device
+    is registered, polling for at most ``wait_s`` seconds. Candidates measured while a
+    server dies fail and are recorded as failed runs; a batch that finds no server
+    waits for one to come back, and gives up (``lost`` set, DeviceLost raised) after
+    ``wait_s``, leaving the database as it is."""
+
+    def __init__(self, runner: ms.runner.Runner, available: Callable[[], bool], wait_s: float,
+                 on_wait: Callable[[str], None] = lambda _m: None, poll_s: float = 1.0,
+                 stopping: Callable[[], bool] = lambda: False) -> None:
+        self.runner = runner
+        self.available = available
+        self.wait_s = wait_s
+        self.on_wait = on_wait
+        self.poll_s = poll_s
+        self.stopping = stopping  # checked before each batch and while waiting
+        self.lost = False
+
+    def _check_stop(self) -> None:
+        if self.stopping():
+            raise TuningInterrupted("interrupted")
+
+    def run(self, runner_inputs: list[ms.runner.RunnerInput]) -> list[ms.runner.RunnerFuture]:
+        deadline = time.monotonic() + self.wait_s
+        self._check_stop()
+        if not self.available():
+            self.on_wait(f"no server for the device; waiting up to {self.wait_s:.0f} s for one to come back")
+            while not self.available():
+                self._check_stop()
+                if time.monotonic() > deadline:
+                    self.lost = True
+                    raise DeviceLost(f"no server came back within {self.wait_s:.0f} s")
+                time.sleep(self.poll_s)
+            self.on_wait("a server is back; tuning continues")
+        return self.runner.run(runner_inputs)
+
+    def abort(self) -> None:
+        """Drop the measurements not started yet and kill the runner's worker processes, so that
+        a run that stops early exits at once (a queued RPCRunner job would otherwise start a new
+        worker that retries a tracker that is gone, for a minute per job). TVM 0.27's pool has
+        no public way to drop queued jobs, and its shutdown deadlocks on a pipe that a worker
+        thread still reads, so its thread pool is closed directly."""
+        threads = getattr(getattr(self.runner, "pool", None), "_threadpool", None)
+        if threads is not None:
+            threads.shutdown(wait=False, cancel_futures=True)
+        for child in psutil.Process().children():
+            with contextlib.suppress(psutil.Error):
+                if "tvm.exec.popen_worker" in child.cmdline():
+                    child.kill()
 
 
 def _drop_unnamed_log_handlers() -> None:
