@@ -19,8 +19,6 @@ import numpy as np
 from pipeline.artifact import LIBRARY, BuildSpec, cached, verify, write_artifact
 from pipeline.tvm_log import quiet_tvm
 
-DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
-
 
 def host_target(threads: int) -> dict:
     """The host profile's target as ``make tune DEVICE=host`` builds it (``connect_device``)."""
@@ -31,7 +29,9 @@ def host_target(threads: int) -> dict:
 
 def database_digest(work_dir: Path) -> str | None:
     """SHA-256 over the MetaSchedule database files, None when there is no database."""
-    paths = [work_dir / name for name in DATABASE_FILES]
+    from schedules.tuning import RECORDS, WORKLOADS
+
+    paths = [work_dir / name for name in (WORKLOADS, RECORDS)]
     if not all(p.is_file() and p.stat().st_size for p in paths):
         return None
     h = hashlib.sha256()
@@ -43,11 +43,10 @@ def database_digest(work_dir: Path) -> str | None:
 def prepare(spec: dict) -> dict:
     import tvm
 
-    from model.upsample import VIM_MIN_CLASSES
     from model.weights import load_model
     from pipeline.artifact import sha256_file
     from pipeline.compile import import_network
-    from pipeline.graph import compose
+    from pipeline.graph import compose, effective_upsample
     from schedules import tuning
 
     out = Path(spec["artifact_dir"])
@@ -56,7 +55,7 @@ def prepare(spec: dict) -> dict:
     if work_dir and digest is None:
         raise FileNotFoundError(f"no MetaSchedule database in {work_dir}")
     model = load_model(spec["model"], spec["checkpoint"])
-    upsample = "vim" if model.cfg.num_classes >= VIM_MIN_CLASSES else "interpolate"
+    upsample = effective_upsample("vim", model.cfg.num_classes)
     target = host_target(int(spec["threads"]))
     build = BuildSpec(model=spec["model"], num_classes=model.cfg.num_classes, input_size=tuple(spec["input_size"]),
                       upsample=upsample, frontend="torch", device="host", target=target,
