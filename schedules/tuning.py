@@ -16,7 +16,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -137,7 +137,6 @@ class TuneProgress:
     trials: int = 0
     errors: int = 0
     best_ms: dict[str, float] | None = None
-    per_task: dict[str, int] = field(default_factory=dict)  # candidates measured this run
 
 
 @derived_object
@@ -154,7 +153,6 @@ class ProgressCallback(ms.measure_callback.PyMeasureCallback):
         best = (p.best_ms or {}).get(name, float("inf"))
         for b, r in zip(builder_results, runner_results, strict=True):
             p.trials += 1
-            p.per_task[name] = p.per_task.get(name, 0) + 1
             if b.error_msg is not None or r.error_msg is not None or not r.run_secs:
                 p.errors += 1
                 continue
