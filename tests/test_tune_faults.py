@@ -127,13 +127,10 @@ def test_ctrl_c_stops_within_seconds_and_keeps_the_database(env):
     run = _start(env, "sigint", len(before) + 200)
     _wait(_tuning_started(env, "sigint"), 600, "tuning to start", run)
     _wait(_measuring, 300, "a candidate being measured", run, poll=0.05)
-    t0 = time.monotonic()
     run.send_signal(signal.SIGINT)
-    assert run.wait(timeout=60) == 130
-    stopped_after = time.monotonic() - t0
+    assert run.wait(timeout=60) == 130  # raises TimeoutExpired if it does not stop within a minute
     log = _log(env, "sigint")
     assert "interrupted" in log and "run the same command again to resume" in log, log
-    assert stopped_after < 60
     assert _live_rpc() == []
     assert _records(env)[: len(before)] == before
     _database(env)
