@@ -10,6 +10,7 @@ REFERENCE_DIR := .cache/reference
 MODEL ?= tiny
 DEVICE ?= host
 TRIALS ?=
+ABLATION_TRIALS ?=
 UPSAMPLE ?= vim
 FRONTEND ?= torch
 INPUT ?= 512x512
@@ -80,8 +81,9 @@ bench: setup reference  ## PyTorch, ONNX Runtime, Paddle Inference, TVM untuned/
 		$(PY) -m pipeline.peer_bench --model $$m --threads $(THREADS) --device $(DEVICE) \
 			--command "make bench MODEL=$$m THREADS=$(THREADS) DEVICE=$(DEVICE)"; done
 
-tune: setup  ## Tune for DEVICE=host|sd855 [MODEL=] [TRIALS=] [TRACKER=host:port] [INPUT=HxW]; prints the artifact dir last
+tune: setup  ## Tune for DEVICE=host|sd855 [MODEL=] [TRIALS=] [ABLATION_TRIALS=] [TRACKER=host:port] [INPUT=HxW]; prints the artifact dir last
 	$(PPMSEG) tune --model $(MODEL) --device $(DEVICE) --input-size $(INPUT) $(if $(TRIALS),--trials $(TRIALS)) \
+		$(if $(ABLATION_TRIALS),--ablation-trials $(ABLATION_TRIALS)) \
 		$(if $(TRACKER),--tracker $(TRACKER))
 
 tracker: setup  ## Start the local RPC tracker on 127.0.0.1 (reused if running)

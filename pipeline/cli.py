@@ -292,8 +292,10 @@ def bench(artifact: Path, device: str, tracker: str | None, input_path: Path | N
 @MODEL_OPTION
 @click.option("--device", default="host", show_default=True, help="Device profile to tune for.")
 @TRACKER_OPTION
-@click.option("--trials", type=click.IntRange(min=0), help="Global trial budget, counting what the work directory has "
-              "(default: see README).")
+@click.option("--trials", type=click.IntRange(min=0), help="Trial budget for the network's kernels, counting what "
+              "the work directory has (default: see README).")
+@click.option("--ablation-trials", type=click.IntRange(min=0), help="Trial budget for the kernels only the "
+              "interpolate+argmax ablation uses, counted the same way (default: see README).")
 @SIZE_OPTION
 @click.option("--threads", type=int, help="Threads on the device (default: the profile's).")
 @WEIGHTS_OPTION
@@ -304,7 +306,8 @@ def bench(artifact: Path, device: str, tracker: str | None, input_path: Path | N
 @click.option("--out-root", type=click.Path(file_okay=False, path_type=Path), help="Where the tuned artifacts "
               "go (default: ./build).")
 @click.option("--list", "list_only", is_flag=True, help="List the tuning work directories and stop.")
-def tune(model_name: str, device: str, tracker: str | None, trials: int | None, input_size: str | None,
+def tune(model_name: str, device: str, tracker: str | None, trials: int | None, ablation_trials: int | None,
+         input_size: str | None,
          threads: int | None, weights: Path | None, device_wait: float | None, work_root: Path | None,
          out_root: Path | None, list_only: bool) -> None:
     """Tune the model's kernels with MetaSchedule on a device, build untuned and tuned
@@ -312,7 +315,7 @@ def tune(model_name: str, device: str, tracker: str | None, trials: int | None, 
 
     The last line printed is the tuned artifact's directory."""
     from pipeline.inputs import parse_size
-    from pipeline.tune import DEFAULT_TRIALS, DEVICE_WAIT, TuneRequest, list_work_dirs, run_tune
+    from pipeline.tune import TuneRequest, list_work_dirs, run_tune
 
     if list_only:
         rows = list_work_dirs(work_root)
@@ -322,10 +325,10 @@ def tune(model_name: str, device: str, tracker: str | None, trials: int | None, 
             best = f"{r['tuned_ms']:.2f} ms tuned, {r['untuned_ms']:.2f} ms untuned" if r["tuned_ms"] else "no report"
             click.echo(f"{r['work_dir']}: {r['trials']} trials, {best}{' (emulated)' if r['emulated'] else ''}")
         return
-    req = TuneRequest(model=model_name, device=device, trials=DEFAULT_TRIALS if trials is None else trials,
-                      input_size=parse_size(input_size) if input_size else (512, 512), tracker=tracker,
-                      threads=threads, weights=weights,
-                      device_wait=DEVICE_WAIT if device_wait is None else device_wait)
+    given = {"trials": trials, "ablation_trials": ablation_trials, "device_wait": device_wait}
+    req = TuneRequest(model=model_name, device=device, tracker=tracker, threads=threads, weights=weights,
+                      input_size=parse_size(input_size) if input_size else (512, 512),
+                      **{k: v for k, v in given.items() if v is not None})
     # The weights note comes once the run holds its work directory (a refused run prints one line).
     result = run_tune(req, log=click.echo, work_root=work_root, out_root=out_root,
                       on_start=lambda: _note_weights(weights))

@@ -39,7 +39,9 @@ def env(tmp_path_factory):
 
 
 def _args(env: Path, trials: int, *extra: str) -> list[str]:
+    # No ablation budget: every record is the network's, so record counts are trial budgets.
     return [str(Path(sys.executable).with_name("ppmseg")), "tune", "--input-size", SIZE, "--trials", str(trials),
+            "--ablation-trials", "0",
             "--work-root", str(env / "work"), "--out-root", str(env / "build"), *extra]
 
 
