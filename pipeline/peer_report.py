@@ -90,7 +90,7 @@ def markdown(results: dict) -> str:
         "(VIM in every engine).",
         f"- {results['threads']} thread(s) per engine; {results['repeat']} timed runs per engine in "
         f"{results['rounds']} rounds, engines alternating; each engine in its own process (peak RSS is that "
-        "process's `ru_maxrss`); agreement = pixels equal to PyTorch eager's label map.",
+        "process's VmHWM); agreement = pixels equal to PyTorch eager's label map.",
         "",
         "| engine | median ms | p90 ms | x ONNX Runtime | peak RSS MB | size MB | agreement % |",
         "|---|---|---|---|---|---|---|",
@@ -177,18 +177,18 @@ def _what_stands_in_the_way(results: dict) -> list[str]:
                 split[bool(task["tuned"])][1] += entry["ms"]
         lines += [f"Of the TVM tuned kernel time, {split[True][1]:.2f} ms is in the {split[True][0]} kernels "
                   f"`make tune` tuned and {split[False][1]:.2f} ms in the {split[False][0]} it left at TVM's "
-                  "default schedules (tasks are selected by their untuned time; the rest is the "
-                  "hand-scheduled VIM tail and VM bookkeeping).", ""]
+                  "default schedules (a task counts as tuned when the database has records for it; the "
+                  "rest is the hand-scheduled VIM tail and VM bookkeeping).", ""]
     if tuning:
         lines += [f"Heaviest TVM tuned kernels and what `make tune` spent on them ({tuning['report']}: "
-                  f"{tuning['trials']} trials, {tuning['tasks_tuned']} of {tuning['tasks']} tasks selected for "
-                  f"tuning, {tuning['threads']} thread(s), {tuning['date']}):", ""]
+                  f"{tuning['trials']} trials, {tuning['tasks_tuned']} of {tuning['tasks']} tasks tuned, "
+                  f"{tuning['threads']} thread(s), {tuning['date']}):", ""]
     else:
         lines += ["Heaviest TVM tuned kernels (no tuning report to say what tuning spent on them):", ""]
     lines += ["| kernel | calls | ms per inference | share | tuned | trials |", "|---|---|---|---|---|---|"]
     for entry in [e for e in tvm if not e["kernel"].startswith("vm.")][:10]:
         task = trials.get(entry["kernel"], {})
-        tuned = {True: "yes", False: "no (not selected)"}.get(task.get("tuned"), "-")
+        tuned = {True: "yes", False: "no"}.get(task.get("tuned"), "-")
         lines.append(f"| {entry['kernel']} | {entry['calls']:g} | {entry['ms']:.3f} | "
                      f"{entry['ms'] / total_tvm:.1%} | {tuned} | {task.get('trials', '-')} |")
     return lines

@@ -105,3 +105,15 @@ def test_onnx_vim_tail_matches_pytorch(k: int) -> None:
     expected = vim_labels(torch.from_numpy(logits), size).numpy()
     assert labels.dtype == np.int32 and labels.shape == (1, *size)
     assert np.mean(labels == expected) > 0.999  # float rounding may flip exact near-ties only
+
+
+def test_peak_memory_is_the_worker_own_not_its_parent() -> None:
+    """A worker started by a process that holds 300 MB reports its own peak (Linux keeps
+    ru_maxrss across exec, which made every worker report the orchestrator's)."""
+    held = bytearray(300 * 1024 * 1024)
+    held[:: 4096] = b"\1" * len(held[:: 4096])  # touch every page so it is resident
+    code = "from pipeline.engines.worker import peak_rss_mb; print(peak_rss_mb())"
+    child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                 timeout=60).stdout)
+    assert 5 < child < 200, child
+    del held

@@ -9,7 +9,7 @@ runs it once (saving the label map to ``spec["labels_path"]``), warms up, replie
 ``ready``, then answers commands read from stdin, one JSON object a line:
 
 - ``{"cmd": "time", "n": N}``: N timed runs -> ``{"times_ms": [...]}``;
-- ``{"cmd": "stats"}``: ``{"peak_rss_mb": ...}`` of this process (``ru_maxrss``);
+- ``{"cmd": "stats"}``: ``{"peak_rss_mb": ...}`` of this process (VmHWM);
 - ``{"cmd": "profile", "n": N}``: ``{"profile": [{"kernel", "calls", "ms"}, ...]}`` per
   inference over N runs, or ``null`` when the engine has no profiler;
 - ``{"cmd": "quit"}`` (or end of stdin): exit.
@@ -20,6 +20,7 @@ Standard library and NumPy only: this module also runs under ``.venv-ref``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -27,6 +28,7 @@ import resource
 import sys
 import time
 import traceback
+from pathlib import Path
 from typing import IO
 
 import numpy as np
@@ -46,7 +48,14 @@ def _reply(proto: IO[str], **payload: object) -> None:
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    """This process's own peak resident memory. Linux keeps ``ru_maxrss`` across exec, so a
+    worker started by a large orchestrator would report the orchestrator's peak; VmHWM
+    belongs to the address space, which exec replaces."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # no /proc: the kernel's own peak (KiB)
 
 
 def _serve(module, spec: dict, proto: IO[str]) -> None:  # noqa: ANN001 - an engine module
