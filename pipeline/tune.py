@@ -268,8 +268,6 @@ def _request_stop(stop: threading.Event) -> Callable:
 
 def _tune_and_report(req: TuneRequest, device: Device, work_dir: Path, out_dir: Path, log: Callable[[str], None],
                      repeat: int) -> TuneResult:
-    import logging
-
     import torch
     from tvm.s_tir import meta_schedule as ms
 
@@ -284,7 +282,6 @@ def _tune_and_report(req: TuneRequest, device: Device, work_dir: Path, out_dir: 
     from rpc.session import connect
     from schedules import tuning
 
-    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)  # its own logs go to work_dir/logs
     t_start = time.perf_counter()
     target = device.tvm_target()
     model = load_model(req.model, req.weights)

@@ -302,6 +302,10 @@ def tune(
     database in ``work_dir`` (MetaSchedule's own format and logs)."""
     work_dir = str(work_dir)
     _drop_unnamed_log_handlers()
+    # MetaSchedule's logs go to work_dir/logs. Its console handler takes the level its logger
+    # has when tuning starts, and tuning leaves that logger at DEBUG, so without this every
+    # call after the first would print all of them.
+    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, work_dir, seed=seed)
     progress = TuneProgress(tasks=len(contexts), task_names=[c.task_name for c in contexts])
     if max_trials <= 0 or not contexts:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -32,8 +34,11 @@ def _tune(dirs, **kw):
     work, out = dirs
     logs: list[str] = []
     kw.setdefault("ablation_trials", 8)
-    result = run_tune(TuneRequest(model="tiny", input_size=SIZE, **kw), log=logs.append, work_root=work,
-                      out_root=out, repeat=3)
+    with contextlib.redirect_stdout(io.StringIO()) as console:
+        result = run_tune(TuneRequest(model="tiny", input_size=SIZE, **kw), log=logs.append, work_root=work,
+                          out_root=out, repeat=3)
+    # MetaSchedule's own logs go to the work directory, in every tuning call (network, ablation).
+    assert "[INFO]" not in console.getvalue()
     return result, logs
 
 
