@@ -58,7 +58,7 @@ reference: $(REFERENCE_DIR)/manifest.json  ## PaddleSeg reference checkpoints an
 lint: setup  ## ruff
 	$(VENV)/bin/ruff check .
 
-test: setup reference lint  ## Lint and run the whole test suite
+test: setup reference emulator lint  ## Lint and run the whole test suite (provisions the emulated SD855 first)
 	PPMSEG_REFERENCE_DIR=$(REFERENCE_DIR) $(VENV)/bin/pytest -q
 
 info: setup  ## Parameters, GFLOPs and stage shapes (MODEL=tiny|base)
@@ -72,13 +72,13 @@ build: setup  ## Compile: MODEL=tiny|base DEVICE=host UPSAMPLE=vim|interpolate F
 		--input-size $(INPUT) -o $(BUILD_DIR)
 
 bench-vim: setup  ## Fused VIM vs unfused vs plain upsample (THREADS=1); writes bench/results/vim.*
-	$(PY) -m schedules.vim_bench --threads $(THREADS)
+	$(PPMSEG) bench-vim --threads $(THREADS)
 
 # `make bench` runs Tiny and Base; MODEL=tiny|base on the command line runs one.
 BENCH_MODELS = $(if $(filter file,$(origin MODEL)),tiny base,$(MODEL))
 bench: setup reference  ## PyTorch, ONNX Runtime, Paddle Inference, TVM untuned/tuned side by side [MODEL=] [THREADS=1|all] [DEVICE=host]; writes bench/results/
 	@set -e; for m in $(BENCH_MODELS); do \
-		$(PY) -m pipeline.peer_bench --model $$m --threads $(THREADS) --device $(DEVICE) \
+		$(PPMSEG) bench-peers --model $$m --threads $(THREADS) --device $(DEVICE) \
 			--command "make bench MODEL=$$m THREADS=$(THREADS) DEVICE=$(DEVICE)"; done
 
 tune: setup  ## Tune for DEVICE=host|sd855 [MODEL=] [TRIALS=] [ABLATION_TRIALS=] [TRACKER=host:port] [INPUT=HxW]; prints the artifact dir last
@@ -93,7 +93,7 @@ host-server: setup  ## Tracker + an RPC server for this machine's CPU (key host)
 	$(PPMSEG) tracker start --device host
 
 emulator: setup  ## Provision the emulated SD855 (qemu, cross g++, arm64 Python, aarch64 wheels) and verify it
-	$(PY) -m rpc.emulator
+	$(PPMSEG) emulator
 
 emulator-server: emulator  ## Tracker + SERVERS=N emulated SD855 servers (key sd855)
 	$(PPMSEG) tracker start --device sd855 --servers $(SERVERS)
@@ -104,13 +104,13 @@ devices: setup  ## What the tracker offers (TRACKER=host:port for yours)
 tracker-stop: setup  ## Stop the tracker and every server started here
 	$(PPMSEG) tracker stop
 
-$(RUNNER): pipeline/native/runner.cc pipeline/native/__init__.py $(VENV)/.installed
-	$(PY) -m pipeline.native -o $@
+$(RUNNER): pipeline/deploy/native/runner.cc pipeline/deploy/native/__init__.py $(VENV)/.installed
+	$(PPMSEG) build-runner -o $@
 
 runner: $(RUNNER)  ## Native runner build/ppmseg-run (g++; links only libtvm_runtime + libtvm_ffi)
 
 runner-aarch64: emulator  ## The native runner cross-built for aarch64 against the emulator's wheels
-	$(PY) -m pipeline.native -o build/aarch64/ppmseg-run --cxx aarch64-linux-gnu-g++ \
+	$(PPMSEG) build-runner -o build/aarch64/ppmseg-run --cxx aarch64-linux-gnu-g++ \
 		--site-packages $${PPMSEG_EMULATOR_DIR:-.cache/emulator}/site
 
 bundle: setup  ## Bundle $(BUILD_DIR) (make build first) for DEVICE into $(BUILD_DIR).tar.gz

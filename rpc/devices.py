@@ -51,10 +51,11 @@ class DeviceProfile:
     # Nominal FP32 peak of one core, for "achieved vs peak" in reports; "native": this machine's.
     peak_gflops_per_thread: float | str | None = None
 
-    def target_json(self, emulated: bool = False) -> dict:
+    def target_json(self, emulated: bool = False, threads: int | None = None) -> dict:
         """The LLVM target as TVM's JSON dict (of the emulated device if ``emulated``).
-        ``native`` values are what LLVM detects on this machine; ``num-cores`` defaults
-        to the cores this process may use (it sizes the parallel loops TVM generates)."""
+        ``native`` values are what LLVM detects on this machine; ``num-cores`` (it sizes
+        the parallel loops TVM generates) is ``threads`` when given, else the profile's
+        own value, else the cores this process may use."""
         from tvm.target import codegen
 
         if emulated and self.emulation is None:
@@ -63,12 +64,14 @@ class DeviceProfile:
         detect = {"mcpu": codegen.llvm_get_system_cpu, "mtriple": codegen.llvm_get_system_triple}
         target = {k: detect[k]() if v == "native" and k in detect else v for k, v in raw.items()}
         target.setdefault("num-cores", len(os.sched_getaffinity(0)))
+        if threads is not None:
+            target["num-cores"] = threads
         return target
 
-    def tvm_target(self, emulated: bool = False):  # noqa: ANN201 - tvm.target.Target, imported lazily
+    def tvm_target(self, emulated: bool = False, threads: int | None = None):  # noqa: ANN201 - lazy tvm import
         import tvm
 
-        return tvm.target.Target(self.target_json(emulated))
+        return tvm.target.Target(self.target_json(emulated, threads))
 
     def peak_gflops(self, threads: int) -> float | None:
         """Nominal FP32 peak of ``threads`` cores (None when the profile does not say)."""

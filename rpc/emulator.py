@@ -9,12 +9,11 @@ Layout under the cache directory (``PPMSEG_EMULATOR_DIR``, default ``.cache/emul
     bin/       python3-<cpu>: shell wrappers running the guest Python under qemu
     stamp.json what was provisioned, with versions; provisioning is skipped when it matches
 
-``python -m rpc.emulator`` provisions (if needed), verifies and prints timings.
+``ppmseg emulator`` (``make emulator``) provisions (if needed), verifies and prints timings.
 """
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import json
 import os
@@ -28,7 +27,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from rpc import CACHE
+
 STAMP_FORMAT = "ppmseg-emulator/1"
 PYTHON_VERSION = "3.11"
 # The guest runs the same TVM as the host: an RPC server and its client must agree on the protocol.
@@ -59,7 +59,7 @@ class EmulatorError(RuntimeError):
 
 
 def default_dir() -> Path:
-    return Path(os.environ.get("PPMSEG_EMULATOR_DIR") or ROOT / ".cache" / "emulator")
+    return Path(os.environ.get("PPMSEG_EMULATOR_DIR") or CACHE / "emulator")
 
 
 @dataclass(frozen=True)
@@ -292,26 +292,14 @@ def ensure(qemu_cpu: str = "cortex-a76", root: str | Path | None = None, force: 
     return emu
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m rpc.emulator", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dir", type=Path, default=None, help="cache directory (default: $PPMSEG_EMULATOR_DIR "
-                    "or .cache/emulator)")
-    ap.add_argument("--cpu", default="cortex-a76", help="qemu -cpu")
-    ap.add_argument("--force", action="store_true", help="provision again even if the stamp matches")
-    args = ap.parse_args(argv)
+def provision(qemu_cpu: str = "cortex-a76", root: str | Path | None = None, force: bool = False,
+              log: Callable[[str], None] = lambda _m: None) -> tuple[Emulator, dict, str]:
+    """``ensure`` and a check that TVM imports under qemu: the emulator, what the check
+    reported, and how it was obtained (a fresh provisioning's own check, or a new one)."""
+    fresh = force or not provisioned(root)
+    emu = ensure(qemu_cpu, root, force, log=log)
+    if fresh:
+        return emu, json.loads((emu.root / "stamp.json").read_text())["verified"], "provisioned and verified"
     t0 = time.perf_counter()
-    fresh = args.force or not provisioned(args.dir)
-    try:
-        emu = ensure(args.cpu, args.dir, args.force, log=lambda m: print(m, file=sys.stderr))
-        t1 = time.perf_counter()
-        info = json.loads((emu.root / "stamp.json").read_text())["verified"] if fresh else verify(emu)
-    except EmulatorError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    what = "provisioned and verified" if fresh else f"cached; import tvm under qemu {time.perf_counter() - t1:.1f} s"
-    print(f"emulator ready at {emu.root} ({what}; {time.perf_counter() - t0:.1f} s in all): {info}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    info = verify(emu)
+    return emu, info, f"cached; import tvm under qemu {time.perf_counter() - t0:.1f} s"

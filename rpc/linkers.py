@@ -29,12 +29,19 @@ class BuildConfig:
     tracker_key: str = ""
 
 
-def _ndk_fcompile() -> Callable:
+def ndk_compiler(purpose: str = "linking for Android") -> str:
+    """The Android NDK's clang++ named by ``TVM_NDK_CC``; a one-line error saying what to
+    set when it is missing or not an executable."""
     cc = os.environ.get("TVM_NDK_CC")
     if not cc:
-        raise LinkerError(f"linking for Android needs the NDK: {NDK_HINT}")
+        raise LinkerError(f"{purpose} needs the NDK: {NDK_HINT}")
     if not (os.path.isfile(cc) and os.access(cc, os.X_OK)) and shutil.which(cc) is None:
         raise LinkerError(f"TVM_NDK_CC={cc} is not an executable; {NDK_HINT}")
+    return cc
+
+
+def _ndk_fcompile() -> Callable:
+    cc = ndk_compiler()
     from tvm.support import cc as _cc
     from tvm.support import ndk
 
@@ -67,9 +74,10 @@ def fcompile_for(linker: str) -> Callable | None:
 
 
 def build_config(device: str | DeviceProfile, mode: Mode | None = None, tracker: str | None = None,
-                 check_linker: bool = True) -> BuildConfig:
+                 check_linker: bool = True, threads: int | None = None) -> BuildConfig:
     """Target and linker for ``device``: the real device in mode ``device`` (a tracker was
     named), its ``[emulation]`` in mode ``local``. Host-like profiles are the same in both.
+    ``threads`` sets the target's ``num-cores`` (see ``DeviceProfile.target_json``).
     ``check_linker=False`` skips building the fcompile (e.g. to only show the target)."""
     profile = load_profile(device)
     mode = mode or resolve_mode(tracker)
@@ -77,6 +85,6 @@ def build_config(device: str | DeviceProfile, mode: Mode | None = None, tracker:
     if mode == "local" and not profile.is_host and profile.emulation is None:
         raise DeviceError(f"device {profile.name!r} has no emulation; run it through a tracker (TRACKER=host:port)")
     linker = profile.emulation.linker if emulated else profile.linker
-    return BuildConfig(device=profile.name, mode=mode, emulated=emulated, target=profile.target_json(emulated),
+    return BuildConfig(device=profile.name, mode=mode, emulated=emulated, target=profile.target_json(emulated, threads),
                        linker=linker, fcompile=fcompile_for(linker) if check_linker else None,
                        tracker_key=profile.tracker_key)

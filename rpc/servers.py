@@ -21,12 +21,11 @@ from pathlib import Path
 
 import psutil
 
-from rpc import emulator
+from rpc import CACHE, emulator
 from rpc import tracker as _tracker
 from rpc.devices import DeviceProfile, load_profile
 from rpc.tracker import DEFAULT_PORT, LOCAL_HOST, Queue, RPCError, TrackerClient, wait_for_servers
 
-ROOT = Path(__file__).resolve().parents[1]
 SERVER_PORT = 9090  # first port tried for servers (TVM's default)
 TRACKER_READY_TIMEOUT = 30.0
 HOST_READY_TIMEOUT = 60.0
@@ -37,7 +36,7 @@ _children: dict[int, subprocess.Popen] = {}  # started by this process: reaped, 
 
 
 def state_dir() -> Path:
-    path = Path(os.environ.get("PPMSEG_RPC_DIR") or ROOT / ".cache" / "rpc")
+    path = Path(os.environ.get("PPMSEG_RPC_DIR") or CACHE / "rpc")
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -10,6 +10,7 @@ Hand-scheduled kernels (``schedules/vim.py``) are never tuned or replaced.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -88,6 +89,17 @@ def _lines(path: Path) -> list[str]:
 def measured_trials(work_dir: str | Path) -> int:
     """Tuning records in a work directory's database (one per measured candidate)."""
     return len(_lines(Path(work_dir) / RECORDS))
+
+
+def database_digest(work_dir: str | Path) -> str | None:
+    """SHA-256 over a work directory's database files, None when it has no database."""
+    paths = [Path(work_dir) / name for name in (WORKLOADS, RECORDS)]
+    if not all(p.is_file() and p.stat().st_size for p in paths):
+        return None
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.read_bytes())
+    return h.hexdigest()
 
 
 def repair_database(work_dir: str | Path) -> int:

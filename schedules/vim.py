@@ -13,7 +13,7 @@ per chunk of channels it lerps the few input rows the tile needs to the tile's o
 columns (``hrow``), then lerps those rows vertically and keeps a running max/argmax per
 pixel in registers across the chunk, and in a per-tile buffer between chunks.
 
-Benchmark: ``make bench-vim`` (``schedules/vim_bench.py``).
+Benchmark: ``make bench-vim`` (``pipeline/bench/vim.py``).
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ from PIL import Image
 
 from model.image import ImageError, read_image
 from model.pp_mobileseg import build_model
-from pipeline.artifact import sha256_file
 from pipeline.cli import error_line
+from pipeline.compile.artifact import sha256_file
 from tests.conftest import private_rpc_state, run_cli
 
 SIZE = (64, 64)
@@ -34,7 +34,7 @@ OTHER, OTHER_MACHINE = ("x86_64", 0x3E) if HERE == "aarch64" else ("aarch64", 0x
 def small_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny at 64x64 in the session's base directory: compiled by the first module that asks,
     used as it is by the next one (the tests only break copies of it)."""
-    from pipeline.compile import CompileRequest, compile_artifact
+    from pipeline.compile.build import CompileRequest, compile_artifact
 
     out = tmp_path_factory.getbasetemp() / "tiny-host-64x64"
     if not (out / "meta.json").is_file():  # written last, so present means complete
@@ -275,13 +275,13 @@ def test_grey_rgba_and_16_bit_images_are_converted(files, rgb):
 
 
 def test_grey_image_through_the_cli_and_a_strip_at_a_given_size(files, artifact, rgb, tmp_path):
-    from pipeline.runtime import load
+    from pipeline.deploy.runtime import load
 
     seg = load(artifact)
     run_cli("run", "--artifact", str(artifact), "--input", str(files / "grey.png"), "-o", str(tmp_path / "g.npy"))
     assert np.array_equal(np.load(tmp_path / "g.npy"), seg(np.repeat(rgb[..., :1], 3, axis=2)))
     # A strip the eval resize cannot shrink is fine at an explicit model size (what the error suggests).
-    from pipeline.inputs import load_input
+    from pipeline.common.inputs import load_input
 
     strip = load_input(files / "strip.png", (0.5,) * 3, (0.25,) * 3, (32, 256))
     assert strip.tensor.shape == (1, 3, 32, 256) and strip.original_size == (1, 5000)
@@ -291,7 +291,7 @@ def test_grey_image_through_the_cli_and_a_strip_at_a_given_size(files, artifact,
 
 @pytest.fixture(scope="module")
 def segmenter(artifact):
-    from pipeline.runtime import load
+    from pipeline.deploy.runtime import load
 
     return load(artifact)
 
@@ -324,7 +324,7 @@ def test_runtime_converts_grey_rgba_and_pil_images(segmenter, rgb):
 
 @pytest.mark.parametrize("text", ["16x16", "9000x64", "64x8193", "0x64", "64"])
 def test_model_input_size_limits(text):
-    from pipeline.inputs import parse_size
+    from pipeline.common.inputs import parse_size
 
     with pytest.raises(ValueError, match="outside 32 to 8192|not HxW"):
         parse_size(text)

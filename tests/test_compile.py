@@ -13,9 +13,9 @@ import torch
 from model.image import sample_image_path
 from model.pp_mobileseg import build_model
 from model.upsample import interpolate_labels, upsample, vim_labels
-from pipeline.artifact import ArtifactError, sha256_file
-from pipeline.compile import CompileRequest, compile_artifact
-from pipeline.runtime import load
+from pipeline.compile.artifact import ArtifactError, sha256_file
+from pipeline.compile.build import CompileRequest, compile_artifact
+from pipeline.deploy.runtime import load
 from tests.conftest import run_cli
 
 ATOL = 1e-4
@@ -181,7 +181,7 @@ def test_below_30_classes_compiles_the_plain_path(tmp_path, inputs):
 
 @pytest.mark.parametrize("name", ["tiny", "base"])
 def test_batchnorm_folding_keeps_the_function(name, inputs):
-    from pipeline.prepare import batchnorm_count, fold_batchnorm
+    from pipeline.compile.fold import batchnorm_count, fold_batchnorm
 
     model = build_model(name)
     folded = fold_batchnorm(model)

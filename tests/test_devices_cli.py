@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from model.image import sample_image_path
-from pipeline.runtime import load
+from pipeline.deploy.runtime import load
 
 EXE = str(Path(sys.executable).with_name("ppmseg"))
 

@@ -14,7 +14,9 @@ from PIL import Image
 
 from model.image import ade20k_classes, eval_size, normalize_image, read_image
 from model.weights import load_model
-from pipeline.evaluate import DatasetError, IoUAccumulator, list_samples, paddleseg_labels, read_annotation
+from pipeline.evaluate.dataset import DatasetError, list_samples, read_annotation
+from pipeline.evaluate.metric import IoUAccumulator
+from pipeline.evaluate.predictors import paddleseg_labels
 from tests.conftest import run_cli
 
 PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png")  # shipped with scikit-image, no download
@@ -178,7 +180,7 @@ def test_known_answer_on_the_models_own_prediction(dataset):
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
-    from pipeline.compile import CompileRequest, compile_artifact
+    from pipeline.compile.build import CompileRequest, compile_artifact
 
     out = tmp_path_factory.mktemp("art")
     compile_artifact(CompileRequest(model="tiny", input_size=ART_SIZE), out, log=lambda _m: None)
@@ -186,7 +188,7 @@ def artifact(tmp_path_factory):
 
 
 def test_artifact_end_to_end_and_its_pytorch_twin(dataset, artifact, tmp_path):
-    from pipeline.runtime import load
+    from pipeline.deploy.runtime import load
 
     out = tmp_path / "art.json"
     run_cli("evaluate", "--artifact", str(artifact), "--dataset", str(dataset["root"]), "-o", str(out))

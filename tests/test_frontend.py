@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from model.pp_mobileseg import build_model
-from pipeline import frontend as fe
+from pipeline.compile import frontend as fe
 from rpc.devices import load_profile
 
 ATOL = 1e-4

@@ -1,4 +1,4 @@
-"""The native runner ``ppmseg-run`` (pipeline/native/runner.cc): built with g++ against the
+"""The native runner ``ppmseg-run`` (pipeline/deploy/native/runner.cc): built with g++ against the
 installed wheels and run as a real process on a real compiled Tiny artifact. Its outputs
 must equal the Python runtime's exactly."""
 
@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 from model.image import normalize_image, palette, sample_image_path
-from pipeline.artifact import sha256_file
-from pipeline.native import CXXFLAGS, build_runner
-from pipeline.runtime import load
+from pipeline.compile.artifact import sha256_file
+from pipeline.deploy.native import CXXFLAGS, build_runner
+from pipeline.deploy.runtime import load
 
 INPUT_SIZE = (512, 512)
 
@@ -30,7 +30,7 @@ def runner(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory) -> Path:
-    from pipeline.compile import CompileRequest, compile_artifact
+    from pipeline.compile.build import CompileRequest, compile_artifact
 
     out = tmp_path_factory.mktemp("tiny")
     compile_artifact(CompileRequest(model="tiny", input_size=INPUT_SIZE), out, log=lambda _: None)

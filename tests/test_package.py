@@ -1,4 +1,4 @@
-"""``pipeline.package``: real artifacts, real runner builds, bundles unpacked and run as
+"""``pipeline.deploy.bundle``: real artifacts, real runner builds, bundles unpacked and run as
 processes (the aarch64 one under qemu-user with Debian's aarch64 glibc)."""
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import torch
 from PIL import Image
 
 from model.image import resize_labels, sample_image_path
-from pipeline.artifact import elf_machine
-from pipeline.package import BUNDLE_DIR, PackageError, package
+from pipeline.compile.artifact import elf_machine
+from pipeline.deploy.bundle import BUNDLE_DIR, PackageError, package
 
 HOST_SIZE = (128, 160)
 A64_SIZE = (128, 128)
@@ -30,7 +30,7 @@ TIE = 1e-5
 
 
 def _compile(out: Path, **request) -> Path:
-    from pipeline.compile import CompileRequest, compile_artifact
+    from pipeline.compile.build import CompileRequest, compile_artifact
 
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("TRACKER", raising=False)  # sd855 = the emulated device, cross-linked here
@@ -105,7 +105,7 @@ def read_pgm(path: Path) -> np.ndarray:
 
 
 def test_host_bundle_runs_and_equals_python_runtime(host_artifact, photo, tmp_path):
-    from pipeline.runtime import load
+    from pipeline.deploy.runtime import load
 
     t0 = time.perf_counter()
     bundle = package(host_artifact, "host", tmp_path / "bundle.tar.gz")
@@ -133,8 +133,8 @@ def test_host_bundle_runs_and_equals_python_runtime(host_artifact, photo, tmp_pa
 
 def test_aarch64_bundle_under_qemu_equals_pytorch(a64_artifact, photo, aarch64_sysroot, tmp_path):
     from model.weights import load_model
-    from pipeline.inputs import load_input
-    from pipeline.remote import host_reference
+    from pipeline.common.inputs import load_input
+    from pipeline.deploy.remote import host_reference
 
     t0 = time.perf_counter()
     bundle = package(a64_artifact, "sd855", tmp_path / "bundle.tar.gz")
@@ -251,7 +251,7 @@ def test_errors_are_one_line_and_leave_nothing(host_artifact, a64_artifact, tmp_
 
 
 def test_failure_while_writing_keeps_the_old_bundle(host_artifact, tmp_path, monkeypatch):
-    import pipeline.package as pkg
+    import pipeline.deploy.bundle as pkg
 
     out = tmp_path / "bundle.tar.gz"
     out.write_bytes(b"previous bundle")

@@ -11,7 +11,7 @@ from model.summary import trainable_params
 from model.upsample import interpolate_labels, upsample, vim_labels
 from model.weights import convert_pdparams
 
-# Measured differences are about 6e-6 (float32 summation order); see the README.
+# Measured differences are about 6e-6 (float32 summation order).
 LOGIT_ATOL = 1e-4
 TIE = 1e-5  # pixels whose reference top-two logits are closer than this may differ
 SIZES = ["512x512", "512x1024", "360x480"]
@@ -64,7 +64,7 @@ def test_preprocessing_matches_paddleseg(reference_dir):
     """Our image path against PaddleSeg's own eval transforms (OpenCV) on a real photo."""
     from model.image import sample_image_path
     from model.pp_mobileseg import TINY
-    from pipeline.inputs import load_input
+    from pipeline.common.inputs import load_input
 
     ref = np.load(reference_dir / "photo.npz")["input"]
     ours = load_input(sample_image_path(), TINY.mean, TINY.std).tensor.numpy()

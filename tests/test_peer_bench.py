@@ -16,14 +16,14 @@ import torch
 from onnx import TensorProto, helper
 
 from model.upsample import vim_labels
-from pipeline.engines import ENGINES
-from pipeline.engines.ort_engine import append_label_tail
+from pipeline.bench.engines import ENGINES
+from pipeline.bench.engines.ort_engine import append_label_tail
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def bench(*args: str, timeout: float = 400) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.peer_bench", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", "bench-peers", *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=timeout)
 
 
@@ -44,7 +44,7 @@ def test_bench_end_to_end(tmp_path: Path, reference_dir: Path) -> None:
 
     assert isinstance(results["machine"]["cpu"], str) and results["machine"]["cpu"]
     assert results["machine"]["cores"] >= 1
-    assert results["command"].startswith("python -m pipeline.peer_bench")
+    assert results["command"].startswith("ppmseg bench-peers")
     assert results["input"]["size"] == [64, 64] and "motorcycle" in results["input"]["image"]
     assert results["threads"] == 1 and results["repeat"] == 2 and results["rounds"] == 2
 
@@ -112,7 +112,7 @@ def test_peak_memory_is_the_worker_own_not_its_parent() -> None:
     ru_maxrss across exec, which made every worker report the orchestrator's)."""
     held = bytearray(300 * 1024 * 1024)
     held[:: 4096] = b"\1" * len(held[:: 4096])  # touch every page so it is resident
-    code = "from pipeline.engines.worker import peak_rss_mb; print(peak_rss_mb())"
+    code = "from pipeline.bench.worker import peak_rss_mb; print(peak_rss_mb())"
     child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                  timeout=60).stdout)
     assert 5 < child < 200, child

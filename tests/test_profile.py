@@ -10,8 +10,8 @@ from tvm import relax
 
 from model.upsample import interpolate_labels, vim_labels
 from model.weights import load_model
-from pipeline.prepare import fold_batchnorm
-from pipeline.profile import network_parts, part_inputs, profiling_module
+from pipeline.compile.fold import fold_batchnorm
+from pipeline.tune.parts import network_parts, part_inputs, profiling_module
 from rpc.devices import load_profile
 from schedules.tuning import build
 

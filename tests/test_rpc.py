@@ -48,7 +48,7 @@ class Tiny:
 
 
 def _export(mod: tvm.IRModule, device: str, path: Path, mode: str = "local") -> Path:
-    from pipeline.tvm_log import quiet_tvm
+    from pipeline.common.tvm_log import quiet_tvm
 
     cfg = build_config(device, mode)
     with quiet_tvm():
@@ -306,8 +306,8 @@ def test_emulated_sd855_pp_mobileseg_matches_host(emulated, tmp_path):
 
     from model.upsample import upsample
     from model.weights import load_model
-    from pipeline.compile import import_network
-    from pipeline.graph import compose
+    from pipeline.compile.build import import_network
+    from pipeline.compile.tail import compose
 
     shape = (1, 3, *EMU_SIZE)
     module = compose(import_network(load_model("tiny", None), shape, "torch", tmp_path / "m.onnx"), shape, "vim")

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.runtime import load
-from pipeline.tune import TuneRequest, run_tune
+from pipeline.deploy.runtime import load
+from pipeline.tune.job import TuneRequest, run_tune
 from schedules.tuning import RECORDS
 from tests.conftest import private_rpc_state
 

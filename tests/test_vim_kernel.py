@@ -10,9 +10,9 @@ import tvm
 from tvm import relax
 
 from model.upsample import interpolate_labels, vim_labels
+from pipeline.bench.vim import logits_with_classes
 from rpc.devices import load_profile
 from schedules.vim import VimSchedule, argmax_primfunc, build_vim, labels_module
-from schedules.vim_bench import logits_with_classes
 
 TARGET = load_profile("host").tvm_target()
 

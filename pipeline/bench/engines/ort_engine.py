@@ -1,0 +1,133 @@
+"""ONNX Runtime (CPU execution provider) on the dynamo ONNX export of our model, with
+the VIM tail appended as ONNX operators, so the graph returns the label map as the
+other engines do. What ships is ``model.onnx`` (weights inside)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from pipeline.common.files import atomic_path
+
+ONNX_FILE = "model.onnx"
+LABELS = "labels"
+
+
+def append_label_tail(model: onnx.ModelProto, size: tuple[int, int], vim: bool) -> onnx.ModelProto:
+    """Replace the graph's logits output ``[1, C, h, w]`` with an int32 label map
+    ``[1, H, W]``: VIM (low-resolution argmax -> the K present classes (Unique, sorted)
+    -> Gather those K channels -> bilinear Resize with half-pixel centres, which is
+    PyTorch's ``align_corners=False`` -> ArgMax -> Gather the class ids) or, with
+    ``vim=False``, Resize of all channels + ArgMax. Edits ``model`` in place."""
+    graph = model.graph
+    if len(graph.output) != 1:
+        raise ValueError(f"expected one graph output (the logits), got {len(graph.output)}")
+    logits = graph.output[0].name
+    height, width = size
+
+    def const(name: str, values: list[int]) -> str:
+        graph.initializer.append(numpy_helper.from_array(np.array(values, np.int64), name))
+        return name
+
+    def resize(src: str, sizes: str, out: str) -> onnx.NodeProto:
+        return helper.make_node("Resize", [src, "", "", sizes], [out], mode="linear",
+                                coordinate_transformation_mode="half_pixel", name=out)
+
+    if vim:
+        nodes = [
+            helper.make_node("ArgMax", [logits], ["vim_low_argmax"], axis=1, keepdims=0),
+            helper.make_node("Unique", ["vim_low_argmax"], ["vim_present"], sorted=1),
+            helper.make_node("Gather", [logits, "vim_present"], ["vim_selected"], axis=1),
+            helper.make_node("Shape", ["vim_present"], ["vim_k"]),
+            helper.make_node("Concat", [const("vim_one", [1]), "vim_k", const("vim_hw", [height, width])],
+                             ["vim_sizes"], axis=0),
+            resize("vim_selected", "vim_sizes", "vim_upsampled"),
+            helper.make_node("ArgMax", ["vim_upsampled"], ["vim_winner"], axis=1, keepdims=0),
+            helper.make_node("Gather", ["vim_present", "vim_winner"], ["vim_labels64"], axis=0),
+        ]
+    else:
+        dims = [d.dim_value for d in graph.output[0].type.tensor_type.shape.dim]
+        nodes = [
+            resize(logits, const("full_sizes", [1, dims[1], height, width]), "full_upsampled"),
+            helper.make_node("ArgMax", ["full_upsampled"], ["vim_labels64"], axis=1, keepdims=0),
+        ]
+    nodes.append(helper.make_node("Cast", ["vim_labels64"], [LABELS], to=TensorProto.INT32))
+    graph.node.extend(nodes)
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info(LABELS, TensorProto.INT32, [1, height, width]))
+    return model
+
+
+def prepare(spec: dict) -> dict:
+    from model.upsample import VIM_MIN_CLASSES
+    from model.weights import load_model
+    from pipeline.compile.fold import fold_batchnorm
+    from pipeline.compile.frontend import export_onnx
+
+    out = Path(spec["artifact_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    model = load_model(spec["model"], spec["checkpoint"])
+    size = tuple(spec["input_size"])
+    logits_path = out / "logits.onnx"
+    # The same graph TVM imports (BatchNorm folded; ORT would fold it itself anyway).
+    export_onnx(fold_batchnorm(model), (1, 3, *size), logits_path)
+    graph = append_label_tail(onnx.load(str(logits_path)), size, model.cfg.num_classes >= VIM_MIN_CLASSES)
+    onnx.checker.check_model(graph)
+    with atomic_path(out / ONNX_FILE) as tmp:
+        onnx.save(graph, str(tmp))
+    logits_path.unlink()
+    return {"files": [ONNX_FILE], "counts": "model.onnx (weights inside)"}
+
+
+def load(spec: dict) -> Callable[[np.ndarray], np.ndarray]:
+    return _Runner(Path(spec["artifact_dir"]) / ONNX_FILE, int(spec["threads"]))
+
+
+class _Runner:
+    """A CPU session (all graph optimizations, ``threads`` intra-op, 1 inter-op); ``profile``
+    gives ONNX Runtime's own per-node timings, summed by operator type."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        self._path, self._threads = path, threads
+        self._session = self._open()
+        self._input = self._session.get_inputs()[0].name
+
+    def _open(self, profile_prefix: str | None = None):  # noqa: ANN202 - ort.InferenceSession
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = self._threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if profile_prefix:
+            options.enable_profiling = True
+            options.profile_file_prefix = profile_prefix
+        return ort.InferenceSession(str(self._path), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self._session.run([LABELS], {self._input: x})[0]
+
+    def profile(self, x: np.ndarray, runs: int) -> list[dict]:
+        session = self._open(str(self._path.with_name("ort-profile")))
+        for _ in range(runs + 1):
+            session.run([LABELS], {self._input: x})
+        trace = Path(session.end_profiling())
+        events = json.loads(trace.read_text())
+        # The first run (allocations, first-touch) is left out, as in the timed runs.
+        first = min((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])
+        totals: dict[str, list[float]] = {}
+        for event in events:
+            if (event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time")
+                    and event["ts"] >= first["ts"] + first["dur"]):
+                entry = totals.setdefault(event["args"].get("op_name", "?"), [0, 0.0])
+                entry[0] += 1
+                entry[1] += event["dur"] / 1e3  # microseconds
+        trace.unlink(missing_ok=True)
+        return sorted(({"kernel": k, "calls": c / runs, "ms": t / runs} for k, (c, t) in totals.items()),
+                      key=lambda e: -e["ms"])

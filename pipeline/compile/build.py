@@ -1,0 +1,122 @@
+"""Building a library: the network imported with BatchNorm folded, given its output tail,
+compiled for a target (with a tuning database or without) and written as an artifact.
+``ppmseg compile``, the tuning job and the benchmark all build through these functions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import tvm
+
+from model.weights import load_model
+from pipeline.common.tvm_log import quiet_tvm
+from pipeline.compile.artifact import BuildSpec, cached, sha256_file, write_artifact
+from pipeline.compile.fold import fold_batchnorm
+from pipeline.compile.tail import Upsample, compose, effective_upsample
+from rpc.linkers import build_config, fcompile_for
+from schedules import tuning
+
+FRONTENDS = ("torch", "onnx")
+ONNX_FILE = "model.onnx"
+
+
+@dataclass(frozen=True)
+class CompileRequest:
+    model: str = "tiny"
+    device: str = "host"
+    upsample: Upsample = "vim"
+    frontend: str = "torch"
+    weights: Path | None = None
+    input_size: tuple[int, int] = (512, 512)
+    tracker: str | None = None  # a user's tracker (real devices); None: local mode (emulation)
+
+
+def import_network(model, input_shape: tuple[int, int, int, int], frontend: str,  # noqa: ANN001 - nn.Module
+                   onnx_path: Path) -> tvm.IRModule:
+    """The network, BatchNorm folded into the convolutions, as a Relax module through
+    the chosen frontend (the ONNX file is kept: it is also what ONNX Runtime runs as a
+    peer)."""
+    from pipeline.compile import frontend as fe
+
+    model = fold_batchnorm(model)
+    if frontend == "torch":
+        return fe.from_torch(model, input_shape)
+    if frontend == "onnx":
+        fe.export_onnx(model, input_shape, onnx_path)
+        return fe.from_onnx(onnx_path, input_shape)
+    raise ValueError(f"unknown frontend {frontend!r}; choose one of {', '.join(FRONTENDS)}")
+
+
+def network_module(model, spec: BuildSpec, onnx_path: Path) -> tvm.IRModule:  # noqa: ANN001 - nn.Module
+    """``main(x) -> labels`` and ``logits(x)`` for ``spec`` (its frontend, shape and tail)."""
+    return compose(import_network(model, spec.input_shape, spec.frontend, onnx_path), spec.input_shape,
+                   spec.upsample)
+
+
+def build_spec(variant: str, model, input_size: tuple[int, int], device: str, target: dict,  # noqa: ANN001
+               weights: Path | None, upsample: Upsample = "vim", frontend: str = "torch") -> BuildSpec:
+    """What a library of ``model`` (a loaded PPMobileSeg) depends on; VIM falls back to
+    interpolation below 30 classes."""
+    return BuildSpec(
+        model=variant, num_classes=model.cfg.num_classes, input_size=tuple(input_size),
+        upsample=effective_upsample(upsample, model.cfg.num_classes), frontend=frontend, device=device,
+        target=target, weights_sha256=sha256_file(weights) if weights else None,
+        mean=tuple(model.cfg.mean), std=tuple(model.cfg.std),
+    )
+
+
+def build_library(module: tvm.IRModule, target: dict, database: Path | None = None) -> tvm.runtime.Executable:
+    """The CPU pipeline with operator fusion; with ``database``, every kernel it holds gets
+    its best measured schedule (``schedules.tuning.build``)."""
+    with quiet_tvm():
+        return tuning.build(module, tvm.target.Target(target), database)
+
+
+def export(executable: tvm.runtime.Executable, path: str | Path, linker: str) -> None:
+    """``export_library`` with the device's linker (a fresh fcompile each time: TVM's cross
+    compiler appends to its options in place)."""
+    with quiet_tvm():
+        executable.export_library(str(path), fcompile=fcompile_for(linker))
+
+
+def write_library(out_dir: Path, spec: BuildSpec, executable: tvm.runtime.Executable, linker: str,
+                  extra: dict) -> dict:
+    """``out_dir/model.so`` + ``meta.json`` (``extra`` added to the metadata)."""
+    return write_artifact(out_dir, spec, lambda path: export(executable, path, linker), extra)
+
+
+def compile_artifact(req: CompileRequest, out_dir: str | Path, force: bool = False,
+                     log: Callable[[str], None] = print) -> tuple[dict, bool]:
+    """Build (or reuse) ``out_dir/model.so`` + ``meta.json``. Returns the metadata and
+    whether an existing artifact was reused."""
+    if req.frontend not in FRONTENDS:
+        raise ValueError(f"unknown frontend {req.frontend!r}; choose one of {', '.join(FRONTENDS)}")
+    cfg = build_config(req.device, tracker=req.tracker)
+    model = load_model(req.model, req.weights)
+    spec = build_spec(req.model, model, req.input_size, cfg.device, cfg.target, req.weights, req.upsample,
+                      req.frontend)
+    out_dir = Path(out_dir)
+    if not force and (meta := cached(out_dir, spec)) is not None:
+        log(f"{out_dir}: up to date (same model, weights, target, TVM and code); reusing it (--force rebuilds)")
+        return meta, True
+    if spec.upsample != req.upsample:
+        log(f"{model.cfg.num_classes} classes: VIM is off below 30 classes, using interpolate")
+
+    t0 = time.perf_counter()
+    module = network_module(model, spec, out_dir / ONNX_FILE)
+    log(f"imported PP-MobileSeg-{req.model} {spec.input_size[0]}x{spec.input_size[1]} "
+        f"through {req.frontend} in {time.perf_counter() - t0:.1f} s")
+    t1 = time.perf_counter()
+    # Exactly the untuned build `make tune` compares.
+    executable = build_library(module, spec.target)
+    log(f"built for {spec.device}{' (emulated)' if cfg.emulated else ''} ({spec.target.get('mtriple', '')}, "
+        f"{spec.target.get('mcpu', '')}) in {time.perf_counter() - t1:.1f} s")
+    meta = write_library(out_dir, spec, executable, cfg.linker,
+                         {"mode": cfg.mode, "emulated": cfg.emulated, "linker": cfg.linker,
+                          "weights": str(Path(req.weights).resolve()) if req.weights else None})
+    log(f"wrote {out_dir}/model.so and meta.json")
+    return meta, False

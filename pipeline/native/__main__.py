@@ -1,5 +1,0 @@
-import sys
-
-from pipeline.native import main
-
-sys.exit(main())

@@ -1,0 +1,203 @@
+"""The steps of a tuning run, in order: import the modules, extract the tasks, time them
+untuned (cached), search with MetaSchedule, build the artifacts, check and measure them on
+the device. ``pipeline.tune.job`` runs them; each takes the run's context."""
+
+from __future__ import annotations
+
+import functools
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.common.tvm_log import quiet_tvm
+from pipeline.compile.artifact import BuildSpec
+from pipeline.compile.build import ONNX_FILE, build_library, export, import_network, write_library
+from pipeline.compile.tail import compose
+from pipeline.tune.measure import time_main, time_tasks
+from pipeline.tune.progress import ProgressPrinter
+from pipeline.tune.signals import handling, request_stop
+from pipeline.tune.workdir import WorkDir
+from rpc.connect import Device
+
+ABLATION_UPSAMPLE = "interpolate"
+
+
+@dataclass
+class Run:
+    """What every step of one tuning run shares."""
+
+    device: Device
+    work: WorkDir
+    out_dir: Path
+    model: object  # the PPMobileSeg being tuned
+    spec: BuildSpec  # the shipped library's
+    log: Callable[[str], None]
+    device_wait: float
+    t_start: float = field(default_factory=time.perf_counter)
+
+    @property
+    def ablation(self) -> bool:
+        """The plain tail is tuned and measured too, so that VIM is compared with its best rival."""
+        return self.spec.upsample == "vim"
+
+
+@dataclass
+class Tasks:
+    network: list  # MetaSchedule's ExtractedTasks of the shipped module
+    ablation: list  # those only the ablation's plain tail has
+
+    @property
+    def all(self) -> list:
+        return self.network + self.ablation
+
+
+def import_modules(run: Run) -> dict[str, object]:
+    """The shipped module and, with VIM, the ablation's (same network, plain tail)."""
+    shape = run.spec.input_shape
+    with quiet_tvm():
+        network = import_network(run.model, shape, run.spec.frontend, run.work.path / ONNX_FILE)
+        modules = {"main": compose(network, shape, run.spec.upsample)}
+        if run.ablation:
+            modules["ablation"] = compose(network, shape, ABLATION_UPSAMPLE)
+    return modules
+
+
+def extract(run: Run, modules: dict[str, object]) -> Tasks:
+    from schedules import tuning
+
+    target = run.device.tvm_target()
+    with quiet_tvm():
+        network = tuning.extract_tasks(modules["main"], target)
+        # Compared by workload: a kernel both modules have gets a different name in each.
+        known = {tuning.workload_key(t) for t in network}
+        ablation = [t for t in (tuning.extract_tasks(modules["ablation"], target) if "ablation" in modules else [])
+                    if tuning.workload_key(t) not in known]
+    return Tasks(network, ablation)
+
+
+def untuned_timings(run: Run, tasks: Tasks) -> dict[str, float]:
+    """Every task's default schedule timed on the device, cached in the work directory."""
+    untuned = run.work.untuned_tasks()
+    if set(untuned) != {t.task_name for t in tasks.all}:
+        run.log("timing every task's default schedule on the device")
+        untuned = time_tasks(run.device, tasks.all, None, run.work.library_path("tasks-untuned"))
+        run.work.save_untuned_tasks(untuned)
+    return untuned
+
+
+def _runner(run: Run, stop: threading.Event, progress: ProgressPrinter):  # noqa: ANN202 - DeviceWatchRunner
+    from tvm.s_tir import meta_schedule as ms
+
+    from schedules import tuning
+
+    device = run.device
+    rpc_runner = ms.runner.RPCRunner(
+        ms.runner.RPCConfig(tracker_host=device.tracker[0], tracker_port=device.tracker[1],
+                            tracker_key=device.key, session_timeout_sec=120 if device.emulated else 30),
+        ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=0 if device.emulated else 50),
+        max_workers=device.servers,
+    )
+    return tuning.DeviceWatchRunner(rpc_runner, device.available, run.device_wait, on_wait=run.log,
+                                    stopping=stop.is_set, on_batch=progress.on_batch)
+
+
+def _builder_export(linker: str, mod) -> str:  # noqa: ANN001
+    """MetaSchedule builder hook (runs in its worker processes): export with the device's linker."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="ppmseg-ms-")) / "candidate.so"
+    export(mod, path, linker)
+    return str(path)
+
+
+def search(run: Run, tasks: Tasks, budgets: dict[str, int]) -> None:
+    """MetaSchedule over each group of tasks (``network``, ``ablation``) up to its budget, the
+    records already in the database counting toward it. Signals stop the search between
+    batches; a device that does not come back stops it with DeviceLost."""
+    from schedules import tuning
+
+    done = run.work.trials_per_task(tasks.all)
+    builder = tuning.PooledBuilder(functools.partial(_builder_export, run.device.config.linker))
+    stop = threading.Event()
+    progress = ProgressPrinter(run.log, run.t_start)
+    runner = _runner(run, stop, progress)
+    try:
+        with quiet_tvm(), handling(request_stop(stop), signal.SIGINT, signal.SIGTERM):
+            for phase, group in (("network", tasks.network), ("ablation", tasks.ablation)):
+                measured = sum(done[t.task_name] for t in group)
+                budget = max(budgets[phase] - measured, 0)
+                if group and budget:
+                    run.log(f"tuning the {len(group)} {phase} tasks: {budget} trials"
+                            + (f" ({measured} of {budgets[phase]} measured before)" if measured else ""))
+                    progress.start(budget)
+                    tuning.tune(group, run.work.path, budget, builder=builder, runner=runner,
+                                on_update=progress.on_update)
+    except BaseException as e:
+        runner.abort()
+        if stop.is_set():
+            raise KeyboardInterrupt from e
+        if not runner.lost:
+            raise
+        raise tuning.DeviceLost(
+            f"device {run.device.name} lost: no server with key {run.device.key!r} came back within "
+            f"{run.device_wait:.0f} s; {run.work.path} keeps its {run.work.measured_trials()} records; "
+            "run the same command again to resume") from None
+    builder.close()
+
+
+@dataclass(frozen=True)
+class Built:
+    directory: Path
+    meta: dict
+
+
+def build_artifacts(run: Run, modules: dict[str, object], extra: dict) -> dict[str, Built]:
+    """The untuned and tuned libraries (and the ablation's, tuned) as artifacts, by name.
+    The tuned one is the run's output directory."""
+    builds = {"untuned": ("main", None, run.out_dir / "untuned"), "tuned": ("main", run.work.path, run.out_dir)}
+    if "ablation" in modules:
+        builds["tuned-interpolate"] = ("ablation", run.work.path, run.out_dir / "interpolate")
+    trials = run.work.measured_trials()
+    built = {}
+    for name, (module, database, directory) in builds.items():
+        spec = run.spec if module == "main" else BuildSpec(**{**run.spec.__dict__, "upsample": ABLATION_UPSAMPLE})
+        executable = build_library(modules[module], run.spec.target, database)
+        meta = write_library(directory, spec, executable, run.device.config.linker,
+                             {**extra, "tuned": database is not None, "database": str(database) if database else None,
+                              "trials": trials if database else 0})
+        built[name] = Built(directory, meta)
+    return built
+
+
+def measure(run: Run, built: dict[str, Built], x: np.ndarray, repeat: int) -> tuple[dict, dict]:
+    """Every artifact run once and timed on the device; returns timings and label maps."""
+    from rpc.session import connect
+
+    timings, labels = {}, {}
+    with connect(run.device.key, run.device.tracker) as session:
+        session.set_threads(run.device.threads)
+        for name, b in built.items():
+            run.log(f"measuring the {name} library on {run.device.name}")
+            timings[name], labels[name] = time_main(session, b.directory / "model.so", x, repeat,
+                                                    number=1 if run.device.emulated else 3)
+    return timings, labels
+
+
+def check(tuned_meta: dict, labels: dict[str, np.ndarray], x: np.ndarray, weights: str | None) -> dict:
+    """Tuned against untuned labels (must agree outside ties) and untuned against PyTorch."""
+    from pipeline.deploy.remote import agreement, host_reference
+
+    ref, margin = host_reference({**tuned_meta, "weights": weights}, x)
+    checks = {
+        "tuned_vs_untuned": agreement(labels["tuned"], labels["untuned"], margin).__dict__,
+        "untuned_vs_pytorch": agreement(labels["untuned"], ref, margin).__dict__,
+    }
+    if checks["tuned_vs_untuned"]["differ_outside_ties"]:
+        raise RuntimeError(f"the tuned library's labels differ from the untuned one's at "
+                           f"{checks['tuned_vs_untuned']['differ_outside_ties']} pixels outside ties")
+    return checks

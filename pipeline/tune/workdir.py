@@ -1,0 +1,98 @@
+"""A tuning work directory, ``tuning/<tag>/``: the one place its layout is known.
+
+It holds MetaSchedule's JSON database (format owned by ``schedules.tuning``), the untuned
+per-task timings (a cache: recomputed when the task set changes), the last run's
+``report.json``, the ONNX export and the libraries built for timing, and ``tune.lock``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.common.files import exclusive_lock, read_json, write_json
+from pipeline.common.paths import TUNING
+
+LOCK_FILE = "tune.lock"
+UNTUNED_TASKS = "untuned_tasks.json"
+REPORT = "report.json"
+
+
+def tuning_tag(model: str, device: str, input_size: tuple[int, int]) -> str:
+    """The name of the work directory (and of the tuned artifact, ``tuned-<tag>``)."""
+    return f"{model}-{device}-{input_size[0]}x{input_size[1]}"
+
+
+@dataclass(frozen=True)
+class WorkDir:
+    path: Path
+
+    @classmethod
+    def of(cls, model: str, device: str, input_size: tuple[int, int], root: Path | None = None) -> WorkDir:
+        return cls((root or TUNING) / tuning_tag(model, device, input_size))
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """One run at a time (a lock the kernel drops if the holder dies)."""
+        with exclusive_lock(self.path / LOCK_FILE, f"tuning work directory {self.path}"):
+            yield
+
+    # The database, through schedules.tuning (imported lazily: it loads TVM).
+    def repair(self) -> int:
+        from schedules import tuning
+
+        return tuning.repair_database(self.path)
+
+    def measured_trials(self) -> int:
+        from schedules import tuning
+
+        return tuning.measured_trials(self.path)
+
+    def trials_per_task(self, tasks: list) -> dict[str, int]:
+        from schedules import tuning
+
+        return tuning.trials_per_task(tasks, self.path)
+
+    def database_digest(self) -> str | None:
+        from schedules import tuning
+
+        return tuning.database_digest(self.path)
+
+    # Files of the tuning job.
+    @property
+    def onnx_path(self) -> Path:
+        return self.path / "model.onnx"
+
+    def library_path(self, name: str) -> Path:
+        """Where a library built only to be timed on the device goes."""
+        return self.path / f"{name}.so"
+
+    def untuned_tasks(self) -> dict[str, float]:
+        return read_json(self.path / UNTUNED_TASKS, {})
+
+    def save_untuned_tasks(self, times: dict[str, float]) -> None:
+        write_json(self.path / UNTUNED_TASKS, times)
+
+    def report(self) -> dict:
+        return read_json(self.path / REPORT, {})
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / REPORT
+
+    def save_report(self, report: dict) -> None:
+        write_json(self.path / REPORT, report)
+
+
+def list_work_dirs(root: Path | None = None) -> list[dict]:
+    """Every tuning work directory with its trial count and the last run's latencies."""
+    rows = []
+    for d in sorted((root or TUNING).glob("*/")):
+        work, report = WorkDir(d), WorkDir(d).report()
+        rows.append({"work_dir": str(d), "trials": work.measured_trials(),
+                     "tuned_ms": report.get("tuned", {}).get("median_ms"),
+                     "untuned_ms": report.get("untuned", {}).get("median_ms"),
+                     "emulated": report.get("emulated")})
+    return rows
