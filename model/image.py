@@ -31,10 +31,14 @@ class ImageError(ValueError):
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """An image file as uint8 RGB ``[H, W, 3]`` (grey and alpha images are converted,
-    as OpenCV's colour read in PaddleSeg does), turned upright by its EXIF Orientation tag
-    as ``cv2.imread`` does. Refuses more than ``MAX_IMAGE_PIXELS`` pixels before decoding
-    anything."""
+    """An image file as uint8 RGB ``[H, W, 3]``, decoded as PaddleSeg's
+    ``cv2.imread(path, cv2.IMREAD_COLOR)`` does (the decoding the official model saw):
+    upright by the EXIF Orientation tag, grey repeated, alpha dropped, 16-bit samples cut
+    to their high byte, CMYK converted with OpenCV's arithmetic. Refuses more than
+    ``MAX_IMAGE_PIXELS`` pixels before decoding anything. tests/test_image_decode.py
+    compares it with OpenCV on every format: equal, JPEG included (both bundle libjpeg-turbo
+    with the same defaults), but for 16-bit colour TIFF (within 1 level) and TIFF
+    orientations 5 to 8 (which OpenCV 4.14 and 5.0 fail to read)."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -68,7 +72,29 @@ def _as_rgb(im, path: Path) -> np.ndarray:  # noqa: ANN001 - a PIL image, import
     if im.mode in ("I", "F"):
         raise ImageError(f"{path}: 32-bit {'float' if im.mode == 'F' else 'integer'} samples are not "
                          "supported; save it as an 8-bit image")
+    if im.mode == "CMYK" and im.format in _CMYK_FORMULAS:
+        return _CMYK_FORMULAS[im.format](np.asarray(im))
     return np.asarray(im.convert("RGB"))
+
+
+def _cmyk_jpeg(cmyk: np.ndarray) -> np.ndarray:
+    """OpenCV's JPEG reader: libjpeg's raw samples, which Adobe's convention stores inverted
+    (Pillow un-inverts them), through icvCvt_CMYK2BGR: ``k' - ((255 - c') * k' >> 8)``
+    with ``c' = 255 - c`` and ``k' = 255 - k``."""
+    c, k = cmyk[..., :3].astype(np.int32), 255 - cmyk[..., 3:].astype(np.int32)
+    return (k - ((c * k) >> 8)).astype(np.uint8)
+
+
+def _cmyk_tiff(cmyk: np.ndarray) -> np.ndarray:
+    """OpenCV's TIFF reader goes through libtiff's RGBA interface: ``(255 - k) * (255 - c) // 255``
+    (Pillow rounds instead of flooring)."""
+    c, k = cmyk[..., :3].astype(np.int32), 255 - cmyk[..., 3:].astype(np.int32)
+    return (k * (255 - c) // 255).astype(np.uint8)
+
+
+# Pillow's format name to OpenCV's CMYK conversion; MPO is Pillow's name for a JPEG with an MPF
+# segment (extra frames), which many cameras write.
+_CMYK_FORMULAS = {"JPEG": _cmyk_jpeg, "MPO": _cmyk_jpeg, "TIFF": _cmyk_tiff}
 
 
 ORIENTATION_TAG = 0x0112
