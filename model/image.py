@@ -33,12 +33,13 @@ class ImageError(ValueError):
 def read_image(path: str | Path) -> np.ndarray:
     """An image file as uint8 RGB ``[H, W, 3]``, decoded as PaddleSeg's
     ``cv2.imread(path, cv2.IMREAD_COLOR)`` does (the decoding the official model saw):
-    upright by the EXIF Orientation tag, grey repeated, alpha dropped, 16-bit samples cut
-    to their high byte, CMYK converted with OpenCV's arithmetic. Refuses more than
-    ``MAX_IMAGE_PIXELS`` pixels before decoding anything. tests/test_image_decode.py
-    compares it with OpenCV on every format: equal, JPEG included (both bundle libjpeg-turbo
-    with the same defaults), but for 16-bit colour TIFF (within 1 level) and TIFF
-    orientations 5 to 8 (which OpenCV 4.14 and 5.0 fail to read)."""
+    upright by the EXIF Orientation tag, grey repeated, alpha dropped (a TIFF's colour
+    premultiplied first, as libtiff does), 16-bit samples cut to their high byte, CMYK
+    converted with OpenCV's arithmetic. Refuses more than ``MAX_IMAGE_PIXELS`` pixels before
+    decoding anything. tests/test_image_decode.py compares it with OpenCV on every format:
+    equal, JPEG included (both bundle libjpeg-turbo with the same defaults), but for 16-bit
+    colour TIFF (within 2 levels) and TIFF orientations 5 to 8 (which OpenCV 4.14 and 5.0
+    fail to read)."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -74,6 +75,8 @@ def _as_rgb(im, path: Path) -> np.ndarray:  # noqa: ANN001 - a PIL image, import
                          "supported; save it as an 8-bit image")
     if im.mode == "CMYK" and im.format in _CMYK_FORMULAS:
         return _CMYK_FORMULAS[im.format](np.asarray(im))
+    if im.mode == "RGBA" and im.format == "TIFF" and (alpha := _tiff_alpha(im)) is not None:
+        return _tiff_colour(np.asarray(im), associated=alpha == 1)
     return np.asarray(im.convert("RGB"))
 
 
@@ -95,6 +98,22 @@ def _cmyk_tiff(cmyk: np.ndarray) -> np.ndarray:
 # Pillow's format name to OpenCV's CMYK conversion; MPO is Pillow's name for a JPEG with an MPF
 # segment (extra frames), which many cameras write.
 _CMYK_FORMULAS = {"JPEG": _cmyk_jpeg, "MPO": _cmyk_jpeg, "TIFF": _cmyk_tiff}
+
+
+def _tiff_alpha(im) -> int | None:  # noqa: ANN001 - a PIL TIFF image
+    """The TIFF ExtraSamples kind of the alpha channel: 1 associated, 2 unassociated, None otherwise."""
+    extra = im.tag_v2.get(338)  # ExtraSamples
+    first = extra[0] if isinstance(extra, tuple) and extra else extra
+    return first if first in (1, 2) else None
+
+
+def _tiff_colour(rgba: np.ndarray, associated: bool) -> np.ndarray:
+    """The colour OpenCV gives a TIFF with alpha: it reads through libtiff's RGBA interface, which
+    premultiplies unassociated alpha (``(v * a + 127) // 255``, its UaToAa table) and passes associated
+    (already premultiplied) samples through, then drops alpha. Pillow un-premultiplies associated
+    samples with a floor division (``v * 255 // a``); rounding up undoes that exactly when ``v <= a``."""
+    rgb, alpha = rgba[..., :3].astype(np.int32), rgba[..., 3:].astype(np.int32)
+    return ((rgb * alpha + (254 if associated else 127)) // 255).astype(np.uint8)
 
 
 ORIENTATION_TAG = 0x0112

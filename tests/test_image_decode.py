@@ -15,7 +15,7 @@ PaddleSeg) and 4.14.0.94, and Pillow 13.0.0, every case decodes to equal arrays 
   the measured max and mean and why.
 * CMYK is equal only because read_image repeats OpenCV's arithmetic (see ``_cmyk_jpeg`` and
   ``_cmyk_tiff`` in model/image.py); Pillow's own conversion is 1 level off.
-* 16-bit RGB TIFF is 1 level off (``BOUNDED``); 16-bit PNG, grey or colour, is equal.
+* 16-bit RGB(A) TIFF is 1-2 levels off (``BOUNDED``); 16-bit PNG, grey or colour, is equal.
 * TIFF with orientations 5 to 8 does not load in OpenCV 4.14 and 5.0 (imread fails on an internal
   assertion and returns None); ppmseg turns it upright like the other formats.
 * Older OpenCV differs on its own: 4.6 (PaddleSeg 2.8's declared limit) ignores WebP's EXIF
@@ -67,7 +67,7 @@ def raw_png(path: Path, samples: np.ndarray) -> Path:
 def raw_tiff(path: Path, samples: np.ndarray, extra_samples: int | None = None) -> Path:
     """An uncompressed little-endian RGB(A) TIFF of ``[H, W, 3 or 4]`` uint8 or uint16 samples in one
     strip, with what Pillow cannot write: 16-bit colour, ExtraSamples 0 (unspecified) or 1 (associated
-    alpha)."""
+    alpha). Pillow writes 2 (unassociated) itself."""
     h, w, c = samples.shape
     pixels = samples.astype(f"<u{samples.itemsize}").tobytes()
     short, long = 3, 4
@@ -159,6 +159,8 @@ def png_exif_after_pixels(d: Path) -> Path:
 XMP_ORIENTATION_6 = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-'
                      b'syntax-ns#"><rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/>'
                      b'</rdf:RDF></x:xmpmeta>')
+# Associated alpha as a real file holds it: colour already multiplied by alpha, so never above it.
+PREMULTIPLIED = np.dstack([SAMPLES[..., :3] * (ALPHA[..., None] / 255.0), ALPHA]).round().astype(np.uint8)
 
 CASES: dict[str, Callable[[Path], Path]] = {
     # EXIF orientation, every value, on a photograph in the formats that carry EXIF
@@ -226,8 +228,11 @@ CASES: dict[str, Callable[[Path], Path]] = {
     "tiff-1-bit": save_image(lambda: Image.fromarray(GREY).convert("1"), "bw.tif"),
     "tiff-grey-alpha": save(SAMPLES[..., [0, 3]], "la.tif", "LA"),
     "tiff-cmyk": save(SAMPLES, "cmyk.tif", "CMYK"),
+    "tiff-rgba-unassociated": save(SAMPLES, "rgba.tif"),
+    "tiff-rgba-associated": lambda d: raw_tiff(d / "rgba-assoc.tif", PREMULTIPLIED, extra_samples=1),
     "tiff-rgba-unspecified-extra": lambda d: raw_tiff(d / "rgba-extra0.tif", SAMPLES, extra_samples=0),
     "tiff-rgb-16": lambda d: raw_tiff(d / "rgb16.tif", SAMPLES16[..., :3]),
+    "tiff-rgba-16": lambda d: raw_tiff(d / "rgba16.tif", SAMPLES16, extra_samples=2),
     # GIF
     "gif": save(PHOTO, "photo.gif"),
 }
@@ -237,6 +242,7 @@ BOUNDED: dict[str, tuple[int, float, str]] = {
     "tiff-rgb-16": (1, 0.5, "OpenCV reads 16-bit TIFF through libtiff's RGBA interface, which rounds to 8 bits "
                             "(v / 257); Pillow keeps the high byte (v >> 8) and has no 16-bit colour mode to do "
                             "better"),
+    "tiff-rgba-16": (2, 0.5, "the 16-bit rounding above, then alpha premultiplied on the rounded samples"),
 }
 
 
