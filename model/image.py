@@ -135,7 +135,9 @@ def exif_orientation(im) -> int:  # noqa: ANN001 - a PIL image, imported lazily
     """The EXIF Orientation tag (1 when absent or invalid) of a decoded PIL image, read from the
     EXIF block only as OpenCV does: Pillow's ``getexif()`` would also take XMP's tiff:Orientation
     and PNG text profiles, which OpenCV ignores. Pillow's TIFF reader turns the pixels itself
-    and keeps no EXIF block, so a TIFF gives 1 here."""
+    and keeps no EXIF block, so a TIFF gives 1 here. Two of Pillow's own turns remain, unlike
+    OpenCV 5.0: a TIFF with only an XMP orientation, and an AVIF's container rotation
+    (irot/imir), which Pillow's AVIF reader reports as this tag."""
     from PIL import Image
 
     data = im.info.get("exif")
