@@ -299,7 +299,7 @@ def test_a_sideways_phone_photo_gets_the_size_it_is_displayed_at(tmp_path):
     """The issue's case: a camera JPEG stored 640 wide and 427 high and tagged Orientation=6 is the
     portrait it is displayed as, 640 high and 427 wide, for every command (``load_input``: predict,
     segment, run; the label map has that size)."""
-    from pipeline.inputs import load_input
+    from pipeline.common.inputs import load_input
 
     rocket = skimage_file("rocket.jpg")
     path = tmp_path / "portrait.jpg"
