@@ -30,10 +30,16 @@ def manifest(reference_dir: Path) -> dict:
     return json.loads((reference_dir / "manifest.json").read_text())
 
 
+# What the ``ppmseg`` entry point runs, but imported from this tree (PYTHONPATH), so that the tests
+# drive the source they sit beside even where another checkout is the one installed.
+ENTRY_POINT = "from pipeline.cli import main; main(prog_name='ppmseg')"
+
+
 def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """The installed ``ppmseg`` entry point in a subprocess (real exit codes and stderr)."""
-    exe = Path(sys.executable).with_name("ppmseg")
-    proc = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=600)
+    """The ``ppmseg`` command in a subprocess (real exit codes and stderr)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-c", ENTRY_POINT, *args], capture_output=True, text=True, timeout=600,
+                          env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"ppmseg {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
