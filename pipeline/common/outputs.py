@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -22,17 +24,40 @@ def check_output_path(path: str | Path, labels: bool) -> Path:
     return path
 
 
+def _write_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, array)
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> None:
+    from PIL import Image
+
+    Image.fromarray(rgb).save(path, format="PNG")
+
+
+_WRITERS = {".npy": _write_npy, ".png": _write_png}
+
+
 def save_array(path: str | Path, array: np.ndarray) -> None:
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
+        _write_npy(tmp, array)
 
 
 def save_png(path: str | Path, rgb: np.ndarray) -> None:
-    from PIL import Image
-
     with atomic_path(path) as tmp:
-        Image.fromarray(rgb).save(tmp, format="PNG")
+        _write_png(tmp, rgb)
+
+
+def save_together(files: Mapping[Path, np.ndarray]) -> None:
+    """Write several files all or none: ``.png`` an RGB image, ``.npy`` the array. Each is
+    written beside its place under a temporary name; all are moved into place only once
+    every one is written, so a failure (a full disk) leaves none of them half done."""
+    with ExitStack() as stack:
+        for path, array in files.items():
+            suffix = Path(path).suffix.lower()
+            if suffix not in _WRITERS:
+                raise ValueError(f"{path}: output must end in {' or '.join(OUTPUT_SUFFIXES)}")
+            _WRITERS[suffix](stack.enter_context(atomic_path(path)), array)
 
 
 def save_output(path: str | Path, output: np.ndarray, num_classes: int) -> None:
