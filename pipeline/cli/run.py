@@ -89,34 +89,72 @@ def bench(artifact: Path, device: str, tracker: str | None, input_path: Path | N
 
 
 @click.command()
-@click.argument("image", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, metavar="IMAGE_OR_DIR...", type=click.Path(path_type=Path))
 @ARTIFACT_OPTION
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Colour label map (.png); the overlay goes beside it as <name>-overlay.png.")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="One image: its colour label map out.png (the overlay goes beside it as out-overlay.png). "
+                   "Several images or a directory: the directory that receives <stem>.png and "
+                   "<stem>-overlay.png for each.")
 @click.option("--labels", "labels_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also save the int32 label map at the image's own size (.npy).")
-def segment(image: Path, artifact: Path, output: Path, labels_path: Path | None) -> None:
-    """Segment a photograph with a compiled artifact; print the classes found."""
-    from model.image import colorize, read_image
-    from pipeline.common.outputs import class_shares, overlay, save_array, save_png
-    from pipeline.deploy.runtime import load
+              help="One image: also save its int32 label map at the image's own size (.npy).")
+@click.option("--save-labels", is_flag=True,
+              help="Also save each int32 label map beside its colour map, as <stem>.npy (out.npy for one image).")
+def segment(inputs: tuple[Path, ...], artifact: Path, output: Path, labels_path: Path | None,
+            save_labels: bool) -> None:
+    """Segment photographs with a compiled artifact.
 
-    if output.suffix.lower() != ".png":
-        raise click.BadParameter(f"{output}: must end in .png", param_hint="-o")
+    One image file with -o out.png writes out.png and out-overlay.png and prints the classes
+    found. Otherwise (several images, a directory of images, or -o naming a directory) each
+    image's results go into the directory -o as <stem>.png and <stem>-overlay.png, with the
+    library loaded once and a progress bar; a bad file is reported and skipped, and the exit
+    code is 1 if any failed.
+    """
+    from pipeline.deploy.segment import is_single
+
+    if labels_path is not None and save_labels:
+        raise click.UsageError("give --labels FILE (one image) or --save-labels, not both")
+    if is_single(inputs, output):
+        _segment_one(inputs[0], artifact, output, labels_path or (output.with_suffix(".npy") if save_labels else None))
+    else:
+        _segment_many(inputs, artifact, output, save_labels, labels_path)
+
+
+def _segment_one(image: Path, artifact: Path, output: Path, labels_path: Path | None) -> None:
+    from pipeline.common.outputs import class_shares
+    from pipeline.deploy.runtime import load
+    from pipeline.deploy.segment import segment_image, single_job
+
     if labels_path is not None and labels_path.suffix.lower() != ".npy":
         raise click.BadParameter(f"{labels_path}: must end in .npy", param_hint="--labels")
     seg = load(artifact)
-    photo = read_image(image)
-    labels = seg(photo)
-    n = seg.num_classes
-    overlay_path = output.with_name(f"{output.stem}-overlay.png")
-    save_png(output, colorize(labels, n))
-    save_png(overlay_path, overlay(photo, labels, n))
-    if labels_path is not None:
-        save_array(labels_path, labels)
-    click.echo(f"wrote {output} and {overlay_path}")
-    for cid, name, share in class_shares(labels, n):
+    job = single_job(image, output, labels_path)
+    labels = segment_image(seg, job)
+    click.echo(f"wrote {job.colour} and {job.overlay}")
+    for cid, name, share in class_shares(labels, seg.num_classes):
         click.echo(f"  {share:6.1%}  {cid:3d} {name}")
+
+
+def _segment_many(inputs: tuple[Path, ...], artifact: Path, out_dir: Path, save_labels: bool,
+                  labels_path: Path | None) -> None:
+    from pipeline.deploy.runtime import load
+    from pipeline.deploy.segment import FILE_SUFFIXES, collect_images, plan, segment_all
+
+    if labels_path is not None:
+        raise click.UsageError("--labels names one file, for one image; with several use --save-labels")
+    if out_dir.suffix.lower() in FILE_SUFFIXES:
+        single_file = len(inputs) == 1 and not inputs[0].is_dir()
+        raise click.BadParameter(f"{out_dir}: must end in .png" if single_file else
+                                 f"{out_dir}: several images are written into a directory; give -o DIR",
+                                 param_hint="-o")
+    jobs = plan(collect_images(inputs), out_dir, save_labels)  # every refusal before the library loads
+    seg = load(artifact)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outcome = segment_all(seg, jobs)
+    click.echo(f"wrote {outcome.segmented} of {outcome.total} images to {out_dir}")
+    click.echo(f"{outcome.images_per_second:.2f} images/s: {outcome.segmented} in {outcome.seconds:.2f} s with the "
+               "library loaded once (decoding, preprocessing, inference and writing included)")
+    if outcome.failed:
+        raise click.ClickException(f"{len(outcome.failed)} of {outcome.total} images failed (listed above)")
 
 
 COMMANDS = (run, segment, bench)
