@@ -230,3 +230,69 @@ def test_errors_are_one_line(runner, artifact, tmp_path, args, message, prepare)
     assert len(lines) == 1 and message in lines[0], proc.stderr
     assert lines[0].startswith("ppmseg-run: error: ")
     assert not (tmp_path / "o.pgm").exists()
+
+
+# --- many images in one process (several --input, or a directory) ---
+
+def test_folder_labels_equal_python_runtime(runner, artifact, segmenter, photo, tmp_path):
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    images = {"b": photo, "a": photo[100:400, 50:600],
+              "c": np.asarray(Image.fromarray(photo).resize((320, 256), Image.BILINEAR))}
+    for stem, rgb in images.items():
+        write_ppm(folder / f"{stem}.ppm", np.ascontiguousarray(rgb))
+    (folder / "a-bad.ppm").write_bytes(b"P6\n64 48\n255\n" + bytes(1000))  # truncated: reported, skipped
+    (folder / "notes.txt").write_text("not a .ppm: left alone\n")
+    write_ppm(folder / "sub" / "d.ppm", photo[:50, :50])  # not recursive
+    images["e"] = np.ascontiguousarray(photo[::2, ::3])
+    extra = write_ppm(tmp_path / "e.PPM", images["e"])
+    out = tmp_path / "out"
+
+    proc = run(runner, artifact, "--input", folder, "--input", extra, "-o", out / "labels", "--color", out / "color",
+               env={"TVM_NUM_THREADS": "1"})
+
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines() == [f"ppmseg-run: error: {folder / 'a-bad.ppm'}: truncated PPM (1000 of 9216 "
+                                        "pixel bytes)", "ppmseg-run: error: 1 of 5 images failed (listed above)"]
+    assert re.search(r"^segmented 4 of 5 images in [\d.]+ s: [\d.]+ images/s .*threads 1", proc.stdout), proc.stdout
+    for stem, rgb in images.items():
+        expected = segmenter(rgb)
+        magic, _, labels = read_pnm(out / "labels" / f"{stem}.pgm")
+        assert magic == b"P5" and np.array_equal(labels.astype(np.int32), expected), stem
+        magic, _, colored = read_pnm(out / "color" / f"{stem}-color.ppm")
+        assert magic == b"P6" and np.array_equal(colored, palette(segmenter.num_classes)[expected]), stem
+    assert sorted(p.name for p in (out / "labels").iterdir()) == ["a.pgm", "b.pgm", "c.pgm", "e.pgm"]
+    assert sorted(p.name for p in (out / "color").iterdir()) == [f"{s}-color.ppm" for s in "abce"]
+
+    # Several files by name, all good: exit 0, the same label maps.
+    ok(runner, artifact, "--input", folder / "c.ppm", "--input", extra, "-o", tmp_path / "again")
+    for stem in "ce":
+        assert (tmp_path / "again" / f"{stem}.pgm").read_bytes() == (out / "labels" / f"{stem}.pgm").read_bytes()
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--input", "{t}/p/a.ppm", "--input", "{t}/q/a.ppm", "-o", "{t}/o"], 1,
+     "{t}/p/a.ppm and {t}/q/a.ppm would both write {t}/o/a.pgm"),
+    (["--input", "{t}/q", "--input", "{t}/q/a.ppm", "-o", "{t}/o"], 1, "{t}/q/a.ppm is given twice"),
+    (["--input", "{t}/p", "--color", "{t}/p"], 1, "{t}/p/a-color.ppm would overwrite the input {t}/p/a-color.ppm"),
+    (["--input", "{t}/empty", "-o", "{t}/o"], 1, "{t}/empty: no .ppm files in this directory"),
+    (["--input", "{t}/p", "--input", "{t}/missing.ppm", "-o", "{t}/o"], 1,
+     "{t}/missing.ppm: no such file or directory"),
+    (["--input", "{t}/p", "-o", "{t}/a-file"], 1, "{t}/a-file: exists and is not a directory"),
+    (["--input", "{t}/p", "-o", "{t}/o.pgm"], 2, "several images are written into a directory; give -o OUT_DIR"),
+    (["--input", "{t}/p", "-o", "{t}/o", "--bench", "2"], 2, "take one --input file, not several images"),
+    (["--input", "{t}/p"], 2, "nothing to do: give -o OUT_DIR and/or --color OUT_DIR"),
+], ids=["same-stem", "twice", "overwrite-input", "empty-dir", "missing", "out-is-a-file", "out-pgm", "bench",
+        "no-output"])
+def test_folder_refusals_before_any_work(runner, artifact, tmp_path, args, code, message):
+    for sub in ("p", "q", "empty"):
+        (tmp_path / sub).mkdir()
+    for name in ("p/a.ppm", "p/a-color.ppm", "q/a.ppm"):
+        write_ppm(tmp_path / name, np.zeros((20, 30, 3), np.uint8))
+    (tmp_path / "a-file").write_text("")
+    before = sorted(tmp_path.rglob("*"))
+    proc = run(runner, artifact, *(a.format(t=tmp_path) for a in args))
+    assert proc.returncode == code, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ppmseg-run: error: ") and message.format(t=tmp_path) in lines[0]
+    assert sorted(tmp_path.rglob("*")) == before  # no output directory, no file

@@ -4,6 +4,10 @@
 //
 //   ppmseg-run ARTIFACT_DIR (--input IMAGE.ppm | --raw X.bin) [-o LABELS.pgm]
 //              [--color COLOR.ppm] [--bench N] [--warmup K] [--dump-input X.bin]
+//   ppmseg-run ARTIFACT_DIR --input IMAGE.ppm|DIR [--input ...] [-o OUT_DIR] [--color OUT_DIR]
+//
+// The second form segments many PPM files with the library loaded once (a folder on the
+// phone in one process); a bad file is reported in one line and skipped.
 //
 // Preprocessing reproduces model/image.py::normalize_image bit for bit: bilinear resize
 // with half-pixel centres and no antialias (OpenCV's INTER_LINEAR, as PaddleSeg), then
@@ -19,6 +23,7 @@
 #include <tvm/ffi/function.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
@@ -28,12 +33,17 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
+
+#include <dirent.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 namespace ffi = tvm::ffi;
 
@@ -79,13 +89,43 @@ std::vector<uint8_t> read_file(const std::string& path, const char* what) {
   return data;
 }
 
+// Output files are written under a temporary name beside their place and renamed into place
+// together by commit(): a failure leaves no half-written file, nor one file of a pair.
+class StagedFiles {
+ public:
+  StagedFiles() = default;
+  StagedFiles(const StagedFiles&) = delete;
+  StagedFiles& operator=(const StagedFiles&) = delete;
+  ~StagedFiles() {
+    for (const auto& f : files_) std::remove(f.first.c_str());
+  }
+  void write(const std::string& path, const std::string& header, const uint8_t* data, size_t n) {
+    const size_t slash = path.rfind('/');
+    const std::string dir = slash == std::string::npos ? "" : path.substr(0, slash + 1);
+    const std::string tmp = dir + "." + path.substr(dir.size()) + "." + std::to_string(getpid()) + ".tmp";
+    files_.emplace_back(tmp, path);
+    std::FILE* f = std::fopen(tmp.c_str(), "wb");
+    if (!f) fail(path + ": cannot write (" + std::strerror(errno) + ")");
+    bool ok = std::fwrite(header.data(), 1, header.size(), f) == header.size() &&
+              (n == 0 || std::fwrite(data, 1, n, f) == n);
+    ok = (std::fclose(f) == 0) && ok;
+    if (!ok) fail(path + ": write failed");
+  }
+  void commit() {
+    for (const auto& f : files_)
+      if (std::rename(f.first.c_str(), f.second.c_str()) != 0)
+        fail(f.second + ": cannot write (" + std::strerror(errno) + ")");
+    files_.clear();
+  }
+
+ private:
+  std::vector<std::pair<std::string, std::string>> files_;  // (temporary, final)
+};
+
 void write_file(const std::string& path, const std::string& header, const uint8_t* data, size_t n) {
-  std::FILE* f = std::fopen(path.c_str(), "wb");
-  if (!f) fail(path + ": cannot write (" + std::strerror(errno) + ")");
-  bool ok = std::fwrite(header.data(), 1, header.size(), f) == header.size() &&
-            (n == 0 || std::fwrite(data, 1, n, f) == n);
-  ok = (std::fclose(f) == 0) && ok;
-  if (!ok) fail(path + ": write failed");
+  StagedFiles out;
+  out.write(path, header, data, n);
+  out.commit();
 }
 
 // ---------------------------------------------------------------- SHA-256
@@ -571,7 +611,7 @@ Labels resize_labels(const Labels& in, int64_t H, int64_t W) {
   return out;
 }
 
-void write_pgm(const std::string& path, const Labels& l, int64_t num_classes) {
+void write_pgm(StagedFiles& out, const std::string& path, const Labels& l, int64_t num_classes) {
   const bool wide = num_classes > 256;
   std::vector<uint8_t> data(size_t(l.height * l.width) * (wide ? 2 : 1));
   for (size_t i = 0; i < l.ids.size(); ++i) {
@@ -581,11 +621,11 @@ void write_pgm(const std::string& path, const Labels& l, int64_t num_classes) {
   }
   std::string header = "P5\n" + std::to_string(l.width) + " " + std::to_string(l.height) + "\n" +
                        (wide ? "65535" : "255") + "\n";
-  write_file(path, header, data.data(), data.size());
+  out.write(path, header, data.data(), data.size());
 }
 
 // model/image.py::palette: PASCAL VOC bit-interleaved colours of id + 1.
-void write_color(const std::string& path, const Labels& l) {
+void write_color(StagedFiles& out, const std::string& path, const Labels& l) {
   std::vector<uint8_t> data(size_t(l.height * l.width) * 3);
   for (size_t i = 0; i < l.ids.size(); ++i) {
     uint32_t id = static_cast<uint32_t>(l.ids[i]) + 1;
@@ -595,7 +635,15 @@ void write_color(const std::string& path, const Labels& l) {
     std::memcpy(&data[3 * i], rgb, 3);
   }
   std::string header = "P6\n" + std::to_string(l.width) + " " + std::to_string(l.height) + "\n255\n";
-  write_file(path, header, data.data(), data.size());
+  out.write(path, header, data.data(), data.size());
+}
+
+// The label map as a PGM and/or a colour PPM (an empty path: not asked for), both or neither.
+void write_labels(const std::string& pgm, const std::string& color, const Labels& l, int64_t num_classes) {
+  StagedFiles out;
+  if (!pgm.empty()) write_pgm(out, pgm, l, num_classes);
+  if (!color.empty()) write_color(out, color, l);
+  out.commit();
 }
 
 // ---------------------------------------------------------------- TVM
@@ -647,6 +695,15 @@ Labels run_main(const Model& m, const ffi::Tensor& x, const Meta& meta) {
   return l;
 }
 
+// The label map at the compiled size, as meta.json promises it.
+Labels labels_of(const Model& m, const ffi::Tensor& x, const Meta& meta, const std::string& so) {
+  Labels labels = run_main(m, x, meta);
+  if (labels.height != meta.height || labels.width != meta.width)
+    fail(so + ": 'main' returned " + std::to_string(labels.height) + "x" + std::to_string(labels.width) +
+         " labels, meta.json says " + std::to_string(meta.height) + "x" + std::to_string(meta.width));
+  return labels;
+}
+
 int num_threads() {
   auto f = ffi::Function::GetGlobal("runtime.NumThreads");
   if (!f.has_value()) return -1;
@@ -658,6 +715,7 @@ int num_threads() {
 const char* kUsage =
     "usage: ppmseg-run ARTIFACT_DIR (--input IMAGE.ppm | --raw X.bin) [-o LABELS.pgm]\n"
     "                  [--color COLOR.ppm] [--bench N] [--warmup K] [--dump-input X.bin]\n"
+    "       ppmseg-run ARTIFACT_DIR --input IMAGE.ppm|DIR [--input ...] [-o OUT_DIR] [--color OUT_DIR]\n"
     "\n"
     "Runs DIR/model.so (checked against DIR/meta.json) on one input.\n"
     "  --input IMAGE.ppm   binary PPM (P6, maxval 255), any size: resized and normalized as\n"
@@ -669,10 +727,16 @@ const char* kUsage =
     "  --bench N           time N runs of 'main' after K warm-up runs; print median and p90\n"
     "  --warmup K          warm-up runs before --bench (default 3)\n"
     "  --dump-input X.bin  write the normalized float32 input tensor (for checking)\n"
+    "\n"
+    "Many images (several --input, or a directory: its *.ppm files in name order, not\n"
+    "recursive), with the library loaded once: -o OUT_DIR receives <stem>.pgm and\n"
+    "--color OUT_DIR <stem>-color.ppm for each. A bad file is reported in one line and\n"
+    "skipped; the exit code is 1 if any failed. Prints the images per second.\n"
     "Threads: TVM_NUM_THREADS (default: the runtime's choice).\n";
 
 struct Args {
-  std::string dir, input, raw, output, color, dump;
+  std::string dir, raw, output, color, dump;
+  std::vector<std::string> inputs;
   long bench = 0, warmup = 3;
 };
 
@@ -683,6 +747,33 @@ long parse_count(const std::string& flag, const char* text, long lo) {
   if (errno || end == text || *end || v < lo || v > 1000000)
     throw Failure(flag + ": expected an integer >= " + std::to_string(lo) + ", got '" + text + "'", 2);
   return v;
+}
+
+bool is_directory(const std::string& path) {
+  struct stat st;
+  return stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+// Many images: several --input, or one that is a directory.
+bool many_images(const Args& a) { return a.inputs.size() > 1 || (a.inputs.size() == 1 && is_directory(a.inputs[0])); }
+
+bool ends_with_ci(const std::string& s, const std::string& suffix) {
+  if (s.size() < suffix.size()) return false;
+  for (size_t i = 0; i < suffix.size(); ++i)
+    if (std::tolower(static_cast<unsigned char>(s[s.size() - suffix.size() + i])) != suffix[i]) return false;
+  return true;
+}
+
+// Usage errors of the many-image form: outputs are directories, and nothing is per run.
+void check_many_args(const Args& a) {
+  if (!a.raw.empty() || a.bench > 0 || !a.dump.empty())
+    throw Failure("--raw, --bench and --dump-input take one --input file, not several images", 2);
+  if (a.output.empty() && a.color.empty())
+    throw Failure("nothing to do: give -o OUT_DIR and/or --color OUT_DIR", 2);
+  for (const auto& [flag, path] : {std::pair{"-o", a.output}, std::pair{"--color", a.color}})
+    if (ends_with_ci(path, ".pgm") || ends_with_ci(path, ".ppm"))
+      throw Failure(std::string(flag) + " " + path + ": several images are written into a directory; give " + flag +
+                    " OUT_DIR", 2);
 }
 
 Args parse_args(int argc, char** argv) {
@@ -697,7 +788,7 @@ Args parse_args(int argc, char** argv) {
       if (i + 1 >= argc) throw Failure(arg + ": missing value (see --help)", 2);
       return argv[++i];
     };
-    if (arg == "--input" || arg == "-i") a.input = value();
+    if (arg == "--input" || arg == "-i") a.inputs.push_back(value());
     else if (arg == "--raw") a.raw = value();
     else if (arg == "-o" || arg == "--output") a.output = value();
     else if (arg == "--color") a.color = value();
@@ -709,8 +800,9 @@ Args parse_args(int argc, char** argv) {
     else throw Failure("unexpected argument " + arg + " (one artifact directory; see --help)", 2);
   }
   if (a.dir.empty()) throw Failure("missing ARTIFACT_DIR (see --help)", 2);
-  if (a.input.empty() == a.raw.empty()) throw Failure("give exactly one of --input IMAGE.ppm or --raw X.bin", 2);
-  if (a.output.empty() && a.color.empty() && a.bench == 0 && a.dump.empty())
+  if (a.inputs.empty() == a.raw.empty()) throw Failure("give exactly one of --input IMAGE.ppm or --raw X.bin", 2);
+  if (many_images(a)) check_many_args(a);
+  else if (a.output.empty() && a.color.empty() && a.bench == 0 && a.dump.empty())
     throw Failure("nothing to do: give -o LABELS.pgm, --color COLOR.ppm or --bench N", 2);
   return a;
 }
@@ -727,12 +819,169 @@ double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-int run(int argc, char** argv) {
-  Args a = parse_args(argc, argv);
-  Meta meta = read_meta(a.dir);
-  const std::string so = a.dir + "/model.so";
-  verify_library(so, meta);
+// ---------------------------------------------------------------- many images
 
+std::string base_name(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+// Python's Path.stem: the name without its last suffix (a leading dot is not a suffix).
+std::string stem(const std::string& path) {
+  const std::string name = base_name(path);
+  const size_t dot = name.rfind('.');
+  return dot == std::string::npos || dot == 0 || dot + 1 == name.size() ? name : name.substr(0, dot);
+}
+
+std::string join(const std::string& dir, const std::string& name) {
+  return dir.empty() || dir.back() == '/' ? dir + name : dir + "/" + name;
+}
+
+// The *.ppm files (any case) directly in dir, in name order; hidden files are skipped (other
+// tools' leftovers, and our own temporary files should an output directory be this one).
+std::vector<std::string> ppm_files_in(const std::string& dir) {
+  DIR* d = opendir(dir.c_str());
+  if (!d) fail(dir + ": cannot read the directory (" + std::strerror(errno) + ")");
+  std::vector<std::string> names;
+  while (const dirent* e = readdir(d)) {
+    const std::string name = e->d_name;
+    struct stat st;
+    if (name[0] != '.' && ends_with_ci(name, ".ppm") && stat(join(dir, name).c_str(), &st) == 0 &&
+        S_ISREG(st.st_mode))
+      names.push_back(name);
+  }
+  closedir(d);
+  if (names.empty()) fail(dir + ": no .ppm files in this directory (subdirectories are not searched)");
+  std::sort(names.begin(), names.end());
+  std::vector<std::string> paths;
+  for (const auto& n : names) paths.push_back(join(dir, n));
+  return paths;
+}
+
+// The images in the order given: files as they are, directories expanded. A missing path is
+// refused at once: a mistyped name should not cost a whole run.
+std::vector<std::string> collect_images(const std::vector<std::string>& inputs) {
+  std::vector<std::string> images;
+  for (const auto& path : inputs) {
+    struct stat st;
+    if (stat(path.c_str(), &st) != 0) fail(path + ": no such file or directory");
+    if (S_ISDIR(st.st_mode)) {
+      auto found = ppm_files_in(path);
+      images.insert(images.end(), found.begin(), found.end());
+    } else {
+      images.push_back(path);
+    }
+  }
+  return images;
+}
+
+struct Job {
+  std::string image, pgm, color;  // an empty output: not asked for
+};
+
+// Where each image's results go. Refuses, before any work, two images that would write the
+// same file (the same stem) and an output that is one of the inputs.
+std::vector<Job> plan(const std::vector<std::string>& images, const Args& a) {
+  std::map<std::pair<dev_t, ino_t>, std::string> inputs;
+  for (const auto& image : images) {
+    struct stat st;
+    if (stat(image.c_str(), &st) != 0) continue;  // vanished: reported when read
+    auto [it, fresh] = inputs.emplace(std::pair{st.st_dev, st.st_ino}, image);
+    if (!fresh) fail(image + " is given twice" + (it->second == image ? "" : " (also as " + it->second + ")"));
+  }
+  std::vector<Job> jobs;
+  std::map<std::string, std::string> writer;  // output -> the image writing it
+  for (const auto& image : images) {
+    const std::string s = stem(image);
+    Job job{image, a.output.empty() ? "" : join(a.output, s + ".pgm"),
+            a.color.empty() ? "" : join(a.color, s + "-color.ppm")};
+    for (const std::string* out : {&job.pgm, &job.color}) {
+      if (out->empty()) continue;
+      auto [it, fresh] = writer.emplace(*out, image);
+      if (!fresh)
+        fail(it->second + " and " + image + " would both write " + *out + "; rename one, or run them separately");
+      struct stat st;
+      if (stat(out->c_str(), &st) == 0 && inputs.count({st.st_dev, st.st_ino}))
+        fail(*out + " would overwrite the input " + inputs[{st.st_dev, st.st_ino}] + "; write into another directory");
+    }
+    jobs.push_back(job);
+  }
+  return jobs;
+}
+
+// mkdir -p
+void make_dirs(const std::string& dir) {
+  for (size_t end = dir.find('/', 1);; end = dir.find('/', end + 1)) {
+    const std::string part = dir.substr(0, end);
+    if (mkdir(part.c_str(), 0777) != 0 && errno != EEXIST)
+      fail(dir + ": cannot create the directory (" + std::strerror(errno) + ")");
+    if (end == std::string::npos) break;
+  }
+  if (!is_directory(dir)) fail(dir + ": exists and is not a directory");
+}
+
+void check_output_dir(const std::string& dir) {
+  struct stat st;
+  if (!dir.empty() && stat(dir.c_str(), &st) == 0 && !S_ISDIR(st.st_mode))
+    fail(dir + ": exists and is not a directory");
+}
+
+// Runs step; a Failure (a bad file) is reported in one line and gives false.
+template <typename Step>
+bool attempt(Step step) {
+  try {
+    step();
+    return true;
+  } catch (const Failure& e) {
+    std::fprintf(stderr, "ppmseg-run: error: %s\n", first_line(e.what()).c_str());
+    return false;
+  }
+}
+
+int run_many(const Args& a, const Meta& meta, const std::string& so) {
+  check_output_dir(a.output);
+  check_output_dir(a.color);
+  const std::vector<Job> jobs = plan(collect_images(a.inputs), a);
+  for (const std::string& dir : {a.output, a.color})
+    if (!dir.empty()) make_dirs(dir);
+
+  const int64_t shape[4] = {1, 3, meta.height, meta.width};
+  ffi::Tensor x = ffi::Tensor::FromNDAlloc(AlignedAlloc(), ffi::ShapeView(shape, 4),
+                                           DLDataType{kDLFloat, 32, 1}, DLDevice{kDLCPU, 0});
+  Model model = load_model(so);
+  float* xp = static_cast<float*>(x.data_ptr());
+  using clock = std::chrono::steady_clock;
+  const auto start = clock::now();
+  size_t done = 0, failed = 0;
+  for (const Job& job : jobs) {
+    // A file that cannot be read or written is reported and skipped. A failure of the library
+    // itself would be the same for every image: it is not caught here and ends the run.
+    Image img;
+    if (!attempt([&] { img = read_ppm(job.image); })) {
+      ++failed;
+      continue;
+    }
+    normalize(img, meta, xp);
+    const Labels labels = resize_labels(labels_of(model, x, meta, so), img.height, img.width);
+    if (!attempt([&] { write_labels(job.pgm, job.color, labels, meta.num_classes); })) {
+      ++failed;
+      continue;
+    }
+    ++done;
+  }
+  const double seconds = std::chrono::duration<double>(clock::now() - start).count();
+  const char* env = std::getenv("TVM_NUM_THREADS");
+  std::printf("segmented %zu of %zu images in %.2f s: %.2f images/s (library loaded once; reading, preprocessing, "
+              "inference and writing included); threads %d (TVM_NUM_THREADS=%s)\n",
+              done, jobs.size(), seconds, seconds > 0 ? double(done) / seconds : 0.0, num_threads(),
+              env ? env : "unset");
+  if (failed > 0) fail(std::to_string(failed) + " of " + std::to_string(jobs.size()) + " images failed (listed above)");
+  return 0;
+}
+
+// ---------------------------------------------------------------- one input
+
+int run_one(const Args& a, const Meta& meta, const std::string& so) {
   // Input first: a bad input fails fast, before the library is loaded.
   const int64_t shape[4] = {1, 3, meta.height, meta.width};
   const size_t numel = size_t(3 * meta.height * meta.width);
@@ -740,8 +989,8 @@ int run(int argc, char** argv) {
                                            DLDataType{kDLFloat, 32, 1}, DLDevice{kDLCPU, 0});
   float* xp = static_cast<float*>(x.data_ptr());
   int64_t out_h = meta.height, out_w = meta.width;
-  if (!a.input.empty()) {
-    Image img = read_ppm(a.input);
+  if (a.raw.empty()) {
+    Image img = read_ppm(a.inputs[0]);
     normalize(img, meta, xp);
     out_h = img.height, out_w = img.width;
   } else {
@@ -757,13 +1006,8 @@ int run(int argc, char** argv) {
   if (a.output.empty() && a.color.empty() && a.bench == 0) return 0;
 
   Model model = load_model(so);
-  Labels labels = run_main(model, x, meta);
-  if (labels.height != meta.height || labels.width != meta.width)
-    fail(so + ": 'main' returned " + std::to_string(labels.height) + "x" + std::to_string(labels.width) +
-         " labels, meta.json says " + std::to_string(meta.height) + "x" + std::to_string(meta.width));
-  labels = resize_labels(labels, out_h, out_w);
-  if (!a.output.empty()) write_pgm(a.output, labels, meta.num_classes);
-  if (!a.color.empty()) write_color(a.color, labels);
+  Labels labels = resize_labels(labels_of(model, x, meta, so), out_h, out_w);
+  write_labels(a.output, a.color, labels, meta.num_classes);
 
   if (a.bench > 0) {
     using clock = std::chrono::steady_clock;
@@ -780,6 +1024,14 @@ int run(int argc, char** argv) {
                 env ? env : "unset");
   }
   return 0;
+}
+
+int run(int argc, char** argv) {
+  Args a = parse_args(argc, argv);
+  Meta meta = read_meta(a.dir);
+  const std::string so = a.dir + "/model.so";
+  verify_library(so, meta);
+  return many_images(a) ? run_many(a, meta, so) : run_one(a, meta, so);
 }
 
 }  // namespace
