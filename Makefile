@@ -10,8 +10,8 @@ REFERENCE_DIR := .cache/reference
 MODEL ?= tiny
 DEVICE ?= host
 TRIALS ?=
-ABLATION_TRIALS ?=
 UPSAMPLE ?= vim
+LAYOUT ?= blocked
 FRONTEND ?= torch
 INPUT ?= 512x512
 THREADS ?= 1
@@ -67,9 +67,9 @@ info: setup  ## Parameters, GFLOPs and stage shapes (MODEL=tiny|base)
 demo: setup  ## Segment a real photograph; writes demo/labels.png and demo/overlay.png
 	$(PPMSEG) demo --model $(MODEL) -o demo
 
-build: setup  ## Compile: MODEL=tiny|base DEVICE=host UPSAMPLE=vim|interpolate FRONTEND=torch|onnx INPUT=HxW
+build: setup  ## Compile: MODEL=tiny|base DEVICE=host UPSAMPLE=vim|interpolate FRONTEND=torch|onnx INPUT=HxW LAYOUT=blocked|nchw
 	$(PPMSEG) compile --model $(MODEL) --device $(DEVICE) --upsample $(UPSAMPLE) --frontend $(FRONTEND) \
-		--input-size $(INPUT) -o $(BUILD_DIR)
+		--input-size $(INPUT) --layout $(LAYOUT) -o $(BUILD_DIR)
 
 bench-vim: setup  ## Fused VIM vs unfused vs plain upsample (THREADS=1); writes bench/results/vim.*
 	$(PPMSEG) bench-vim --threads $(THREADS)
@@ -81,9 +81,9 @@ bench: setup reference  ## PyTorch, ONNX Runtime, Paddle Inference, TVM untuned/
 		$(PPMSEG) bench-peers --model $$m --threads $(THREADS) --device $(DEVICE) \
 			--command "make bench MODEL=$$m THREADS=$(THREADS) DEVICE=$(DEVICE)"; done
 
-tune: setup  ## Tune for DEVICE=host|sd855 [MODEL=] [TRIALS=] [ABLATION_TRIALS=] [TRACKER=host:port] [INPUT=HxW]; prints the artifact dir last
-	$(PPMSEG) tune --model $(MODEL) --device $(DEVICE) --input-size $(INPUT) $(if $(TRIALS),--trials $(TRIALS)) \
-		$(if $(ABLATION_TRIALS),--ablation-trials $(ABLATION_TRIALS)) \
+tune: setup  ## Tune for DEVICE=host|sd855 [MODEL=] [THREADS=1|N|all] [TRIALS=] [TRACKER=host:port] [INPUT=HxW] [LAYOUT=blocked|nchw]; prints the artifact dir last
+	$(PPMSEG) tune --model $(MODEL) --device $(DEVICE) --input-size $(INPUT) --threads $(THREADS) --layout $(LAYOUT) \
+		$(if $(TRIALS),--trials $(TRIALS)) \
 		$(if $(TRACKER),--tracker $(TRACKER))
 
 tracker: setup  ## Start the local RPC tracker on 127.0.0.1 (reused if running)

@@ -50,6 +50,9 @@ class DeviceProfile:
     emulation: Emulation | None = None
     # Nominal FP32 peak of one core, for "achieved vs peak" in reports; "native": this machine's.
     peak_gflops_per_thread: float | str | None = None
+    # float32 lanes of one vector register: the channel block of blocked convolutions
+    # (NCHW[b]c); "native": this machine's (16 with AVX-512, 8 with AVX2).
+    channel_block: int | str = 4
 
     def target_json(self, emulated: bool = False, threads: int | None = None) -> dict:
         """The LLVM target as TVM's JSON dict (of the emulated device if ``emulated``).
@@ -78,25 +81,36 @@ class DeviceProfile:
         per = native_peak_gflops() if self.peak_gflops_per_thread == "native" else self.peak_gflops_per_thread
         return None if per is None else float(per) * threads
 
+    def block(self) -> int:
+        """The channel block of blocked convolutions on this device."""
+        return native_vector_lanes() if self.channel_block == "native" else int(self.channel_block)
+
     @property
     def is_host(self) -> bool:
         """Code for this machine: runs in-process or on a host RPC server."""
         return self.linker == "native"
 
 
+def _cpuinfo() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
+
+
+def native_vector_lanes() -> int:
+    """float32 lanes of this machine's widest vectors (16 AVX-512, 8 AVX2/FMA, 4 SSE or NEON)."""
+    flags = next((line.split(":")[1].split() for line in _cpuinfo() if line.startswith("flags")), [])
+    return 16 if "avx512f" in flags else 8 if "fma" in flags or "avx2" in flags else 4
+
+
 def native_peak_gflops() -> float | None:
     """One x86 core's nominal FP32 peak: clock x vector lanes x 2 (FMA) x 2 FMA pipes, the
     pipe count of current server cores (Zen 4/5, Ice Lake and later). None off x86 Linux."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
+    mhz = [float(line.split(":")[1]) for line in _cpuinfo() if line.startswith("cpu MHz")]
+    if not mhz:
         return None
-    mhz = [float(line.split(":")[1]) for line in info.splitlines() if line.startswith("cpu MHz")]
-    flags = next((line.split(":")[1].split() for line in info.splitlines() if line.startswith("flags")), [])
-    lanes = 16 if "avx512f" in flags else 8 if "fma" in flags else 4 if "sse2" in flags else 0
-    if not mhz or not lanes:
-        return None
-    return max(mhz) / 1e3 * lanes * 2 * 2
+    return max(mhz) / 1e3 * native_vector_lanes() * 2 * 2
 
 
 def available() -> list[str]:

@@ -27,6 +27,7 @@ class BuildConfig:
     linker: str  # "native", "ndk" or the cross compiler
     fcompile: Callable | None = field(default=None, hash=False, compare=False)  # None: TVM's default (host g++)
     tracker_key: str = ""
+    channel_block: int = 4  # float32 lanes per vector: the block of blocked convolutions
 
 
 def ndk_compiler(purpose: str = "linking for Android") -> str:
@@ -87,4 +88,4 @@ def build_config(device: str | DeviceProfile, mode: Mode | None = None, tracker:
     linker = profile.emulation.linker if emulated else profile.linker
     return BuildConfig(device=profile.name, mode=mode, emulated=emulated, target=profile.target_json(emulated, threads),
                        linker=linker, fcompile=fcompile_for(linker) if check_linker else None,
-                       tracker_key=profile.tracker_key)
+                       tracker_key=profile.tracker_key, channel_block=profile.block())

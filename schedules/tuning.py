@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from schedules.vim import HAND_SCHEDULED
 
 WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
+FAILED_RUN_SECS = 1e9  # MetaSchedule records a failed run as 1e10 s
 
 
 # The CPU pipeline's stages, as tvm.compile's default uses them (0.27's backend
@@ -138,13 +139,54 @@ def workload_key(task: ms.ExtractedTask) -> str:
     return str(tvm_ffi.structural_hash(task.dispatched[0]))
 
 
+def _records(work_dir: Path) -> Iterator[tuple[str, float | None]]:
+    """(workload key, mean measured seconds, None for a failed run) of every record, in the
+    order they were measured. A record line is ``[workload index, [trace, run_secs, ...]]``."""
+    workloads = [json.loads(line)[0] for line in _lines(work_dir / WORKLOADS)]
+    for line in _lines(work_dir / RECORDS):
+        index, record = json.loads(line)
+        secs = [float(s) for s in record[1] or []]
+        ok = bool(secs) and max(secs) < FAILED_RUN_SECS
+        yield workloads[index], (sum(secs) / len(secs) if ok else None)
+
+
 def trials_per_task(tasks: list[ms.ExtractedTask], work_dir: str | Path) -> dict[str, int]:
     """Database records per task, counted by workload key, so the count survives runs that
     were killed before reporting."""
-    work_dir = Path(work_dir)
-    workloads = [json.loads(line)[0] for line in _lines(work_dir / WORKLOADS)]
-    counts = Counter(workloads[json.loads(line)[0]] for line in _lines(work_dir / RECORDS))
+    counts = Counter(key for key, _secs in _records(Path(work_dir)))
     return {t.task_name: counts.get(workload_key(t), 0) for t in tasks}
+
+
+def best_ms(tasks: list[ms.ExtractedTask], work_dir: str | Path) -> dict[str, float]:
+    """Each measured task's best latency in the database (ms per call)."""
+    best: dict[str, float] = {}
+    for key, secs in _records(Path(work_dir)):
+        if secs is not None:
+            best[key] = min(best.get(key, float("inf")), secs * 1e3)
+    return {t.task_name: best[workload_key(t)] for t in tasks if workload_key(t) in best}
+
+
+def tuning_curve(tasks: list[ms.ExtractedTask], work_dir: str | Path, start_ms: dict[str, float],
+                 points: int = 40) -> list[tuple[int, float]]:
+    """The best-kernels sum (ms per inference: each task's best latency so far times its calls)
+    against the number of records, in the order measured; ``start_ms`` gives each task's time
+    before its first successful record (its default schedule). About ``points`` points."""
+    keys = {workload_key(t): t for t in tasks}
+    current = {t.task_name: start_ms[t.task_name] for t in tasks}
+    records = list(_records(Path(work_dir)))
+    step = max(1, len(records) // points)
+    curve = [(0, _weighted_sum(tasks, current))]
+    for i, (key, secs) in enumerate(records, 1):
+        task = keys.get(key)
+        if task is not None and secs is not None:
+            current[task.task_name] = min(current[task.task_name], secs * 1e3)
+        if i % step == 0 or i == len(records):
+            curve.append((i, _weighted_sum(tasks, current)))
+    return curve
+
+
+def _weighted_sum(tasks: list[ms.ExtractedTask], per_call_ms: dict[str, float]) -> float:
+    return sum(per_call_ms[t.task_name] * int(t.weight) for t in tasks)
 
 
 @dataclass

@@ -33,6 +33,7 @@ __all__ = [
     "VimSchedule",
     "build_vim",
     "emit_interpolate",
+    "emit_interpolate_stock",
     "emit_vim",
     "emit_vim_unfused",
     "argmax_primfunc",
@@ -398,8 +399,21 @@ def emit_vim_unfused(
     return bb.emit(relax.op.astype(labels, "int32"))
 
 
-def emit_interpolate(bb: relax.BlockBuilder, logits: relax.Expr, out_hw: Sequence[int]) -> relax.Var:
-    """Upsample all channels (half-pixel bilinear = torch ``align_corners=False``), then argmax."""
+def emit_interpolate(bb: relax.BlockBuilder, logits: relax.Expr, out_hw: Sequence[int],
+                     schedule: VimSchedule | None = None) -> relax.Var:
+    """Upsample all channels (half-pixel bilinear = torch ``align_corners=False``), then argmax:
+    the fused VIM kernel with every class present, so no full-size logits are written."""
+    logits = _as_var(bb, logits)
+    C, h, w = _logits_dims(logits)
+    H, W = (int(v) for v in out_hw)
+    gv = bb.add_func(_opaque(vim_primfunc(C, h, w, H, W, schedule)), f"{VIM_FUNC_NAME}_{C}x{h}x{w}_{H}x{W}")
+    every = bb.emit(relax.op.arange(0, C, 1, "int64"))
+    return bb.emit(relax.call_tir(gv, [logits, every], relax.TensorType((1, H, W), "int32")))
+
+
+def emit_interpolate_stock(bb: relax.BlockBuilder, logits: relax.Expr, out_hw: Sequence[int]) -> relax.Var:
+    """The same from stock Relax ops (resize2d of all channels, argmax): the baseline, whose
+    resize MetaSchedule finds a single candidate for."""
     logits = _as_var(bb, logits)
     _static_shape(logits)
     H, W = (int(v) for v in out_hw)
@@ -412,6 +426,7 @@ _EMITTERS = {
     "vim-stock-argmax": lambda bb, logits, hw: emit_vim(bb, logits, hw, stock_argmax=True),
     "vim-unfused": emit_vim_unfused,
     "interpolate": emit_interpolate,
+    "interpolate-stock": emit_interpolate_stock,
 }
 
 
@@ -419,7 +434,8 @@ def labels_module(C: int, h: int, w: int, H: int, W: int, mode: str = "vim") -> 
     """A Relax module ``main(logits[1, C, h, w] f32) -> labels[1, H, W] i32``.
 
     ``mode``: ``vim`` (fused kernel), ``vim-stock-argmax`` (same, ``relax.op.argmax`` for the
-    low-resolution argmax), ``vim-unfused`` (stock ops) or ``interpolate``.
+    low-resolution argmax), ``vim-unfused`` (stock ops), ``interpolate`` (the fused kernel over
+    every class) or ``interpolate-stock`` (stock ops).
     """
     if mode not in _EMITTERS:
         raise ValueError(f"mode must be one of {sorted(_EMITTERS)}, got {mode!r}")

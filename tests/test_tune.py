@@ -33,11 +33,10 @@ def dirs(tmp_path_factory):
 def _tune(dirs, **kw):
     work, out = dirs
     logs: list[str] = []
-    kw.setdefault("ablation_trials", 8)
     with contextlib.redirect_stdout(io.StringIO()) as console:
         result = run_tune(TuneRequest(model="tiny", input_size=SIZE, **kw), log=logs.append, work_root=work,
                           out_root=out, repeat=3)
-    # MetaSchedule's own logs go to the work directory, in every tuning call (network, ablation).
+    # MetaSchedule's own logs go to the work directory, in every tuning call (both phases).
     assert "[INFO]" not in console.getvalue()
     return result, logs
 
@@ -61,13 +60,19 @@ def test_host_tune_produces_agreeing_libraries_and_report(host_run):
     assert report["trials"] == len(_records(Path(report["work_dir"]))) >= 8
     assert report["checks"]["tuned_vs_untuned"]["differ_outside_ties"] == 0
     assert sum(t["trials"] for t in report["tasks"]) == report["trials"]
-    network = [t for t in report["tasks"] if not t["ablation_only"]]
-    ablation = [t for t in report["tasks"] if t["ablation_only"]]
-    assert sum(t["trials"] for t in network) >= 8 and sum(t["trials"] for t in ablation) >= 8  # two budgets
-    # The latency profile: every part of the network in both builds, and the ablation's tail.
+    assert Path(report["work_dir"]).name == "tiny-host-64x96-t1" and result.artifact.name == "tuned-tiny-host-64x96-t1"
+    # The latency profile: every part of the network in both builds, and the ablation's two plain tails.
     parts = [r["part"] for r in report["profile"]]
     assert parts == ["stem_stage1", "stage2", "stage3", "sea1", "stage4", "sea2", "aam", "head", "tail",
-                     "tail_interpolate"]
+                     "tail_interpolate", "tail_interpolate_stock"]
+    a = report["ablation"]
+    assert a["interpolate_ms"] > 0 and set(a["tails_ms"]) == {"vim", "interpolate", "interpolate_stock"}
+    # The tuning curve: the best-kernels sum never rises with trials; end to end untuned at 0, tuned now.
+    best = report["curve"]["best_kernels_ms"]
+    assert best[0][0] == 0 and best[-1][0] == report["trials"]
+    assert all(later[1] <= earlier[1] + 1e-9 for earlier, later in zip(best, best[1:], strict=False))
+    assert report["curve"]["end_to_end_ms"] == [[0, report["untuned"]["median_ms"]],
+                                                [report["trials"], report["tuned"]["median_ms"]]]
     assert all(r["untuned_ms"] > 0 and r["tuned_ms"] > 0 for r in report["profile"])
     assert "Latency by part of the network" in (result.artifact / "report.md").read_text()
     g = report["gflops"]
@@ -90,8 +95,8 @@ def test_resume_measures_only_new_candidates(dirs, host_run):
     after = _records(work_dir)
     assert after[: len(before)] == before  # earlier records untouched
     assert result.report["new_trials"] == len(after) - len(before) > 0
-    network = sum(t["trials"] for t in result.report["tasks"] if not t["ablation_only"])
-    assert network <= 16 + 8  # the budget counts what was there (one round of slack)
+    assert sum(t["trials"] for t in result.report["tasks"]) <= 16 + 8  # counts what was there (a round of slack)
+    assert [n for n, _ms in result.report["curve"]["end_to_end_ms"]] == [0, len(before), len(after)]
     assert any("resuming" in line for line in logs)
     traces = [json.dumps(json.loads(r)[1]) for r in after]
     workloads = [json.loads(r)[0] for r in after]
@@ -110,14 +115,14 @@ def test_list_and_compare_commands(dirs, host_run, tmp_path):
 
 
 def test_emulated_sd855_tune_is_correct(dirs):
-    result, logs = _tune(dirs, device="sd855", trials=4, ablation_trials=0)
+    result, logs = _tune(dirs, device="sd855", trials=4)
     report = result.report
     assert report["emulated"] is True and report["device"] == "sd855"
     assert report["checks"]["tuned_vs_untuned"]["differ_outside_ties"] == 0
     assert json.loads((result.artifact / "meta.json").read_text())["arch"] == "aarch64"
     assert any("EMULATED" in line for line in logs)
     assert "EMULATED" in (result.artifact / "report.md").read_text()
-    assert len(report["profile"]) == 10 and report["gflops"]["peak_gflops"] is None  # no peak for an emulator
+    assert len(report["profile"]) == 11 and report["gflops"]["peak_gflops"] is None  # no peak for an emulator
 
 
 def _export_naming_the_worker(mod) -> str:  # noqa: ANN001

@@ -20,7 +20,7 @@ from schedules.tuning import RECORDS, WORKLOADS
 from tests.conftest import private_rpc_state
 
 SIZE = "64x96"
-TAG = f"tiny-host-{SIZE}"
+TAG = f"tiny-host-{SIZE}-t1"
 FAILED_RUN_SECS = 1e9  # MetaSchedule records a failed run with a huge run time (1e10 s)
 
 
@@ -39,9 +39,7 @@ def env(tmp_path_factory):
 
 
 def _args(env: Path, trials: int, *extra: str) -> list[str]:
-    # No ablation budget: every record is the network's, so record counts are trial budgets.
     return [str(Path(sys.executable).with_name("ppmseg")), "tune", "--input-size", SIZE, "--trials", str(trials),
-            "--ablation-trials", "0",
             "--work-root", str(env / "work"), "--out-root", str(env / "build"), *extra]
 
 

@@ -188,7 +188,7 @@ def test_relax_vim_on_plain_random_logits(vim_vm: relax.VirtualMachine) -> None:
     _assert_labels(ours, vim_labels(t, (360, 480)).numpy(), _torch_margin(logits, present, 360, 480))
 
 
-@pytest.mark.parametrize("mode", ["vim-unfused", "interpolate"])
+@pytest.mark.parametrize("mode", ["vim-unfused", "interpolate", "interpolate-stock"])
 def test_relax_reference_compositions_match_torch(mode: str) -> None:
     h, w, H, W = 45, 60, 360, 480
     ex = tvm.compile(labels_module(C, h, w, H, W, mode), target=TARGET)
@@ -196,7 +196,7 @@ def test_relax_reference_compositions_match_torch(mode: str) -> None:
     logits = logits_with_classes(C, h, w, 7, seed=3)
     ours = vm["main"](tvm.runtime.tensor(logits, tvm.cpu())).numpy()
     t = torch.from_numpy(logits)
-    if mode == "interpolate":
+    if mode.startswith("interpolate"):
         ref = interpolate_labels(t, (H, W)).numpy()
         margin = _torch_margin(logits, torch.arange(C), H, W)
     else:

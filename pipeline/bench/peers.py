@@ -65,8 +65,8 @@ class Settings:
 
     @property
     def tuning(self) -> WorkDir:
-        """``make tune DEVICE=host``'s work directory for this model and size."""
-        return WorkDir.of(self.model, "host", self.input_size, self.tuning_root)
+        """``make tune DEVICE=host``'s work directory for this model, size and thread count."""
+        return WorkDir.of(self.model, "host", self.input_size, self.threads, self.tuning_root)
 
 
 class Worker:
@@ -169,7 +169,8 @@ def tuned_database_note(s: Settings) -> str | None:
     """Why ``tvm-tuned`` is not measured (no database), else None."""
     if s.tuning.database_digest() is None:
         return (f"not measured: no MetaSchedule database in {relative(s.tuning.path)} "
-                f"(`make tune MODEL={s.model} INPUT={s.input_size[0]}x{s.input_size[1]}` creates it)")
+                f"(`make tune MODEL={s.model} INPUT={s.input_size[0]}x{s.input_size[1]} THREADS={s.threads}` "
+                "creates it)")
     return None
 
 
@@ -362,15 +363,6 @@ def _tuning_summary(s: Settings) -> dict | None:
             # per task: calls, untuned and tuned ms as `make tune` measured them, trials spent
             "task_trials": {t["task"]: {k: t.get(k) for k in ("calls", "untuned_ms", "tuned_ms", "trials", "tuned")}
                             for t in tasks}}
-
-
-def parse_threads(text: str) -> int:
-    """A thread count, or ``all`` for every core of this machine."""
-    if text == "all":
-        return os.cpu_count() or 1
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"threads {text!r} is not a positive integer or 'all'")
-    return int(text)
 
 
 def check_device(device: str) -> None:

@@ -119,16 +119,18 @@ def markdown(results: dict) -> str:
 
 
 # Kernel families for comparing per-kernel profiles: (family, TVM kernel name substrings,
-# ONNX Runtime operator types). First match wins; TVM's fused kernels are named after
-# their main operator (fused_conv2d12_add13_... is a convolution with its epilogue).
+# ONNX Runtime kernel kinds, see ort_engine._kernel_kind). First match wins; TVM's fused
+# kernels are named after their main operator (fused_conv2d12_add13_... is a convolution with
+# its epilogue; blocked depthwise ones are named depthwise_conv2d_nchwc).
 FAMILIES = (
+    ("VIM tail", ("vim", "argmax", "presence"), ("VIM tail",)),
+    ("depthwise convolution", ("depthwise",), ("Conv depthwise", "FusedConv depthwise", "NchwcConv depthwise")),
     ("convolution", ("conv2d",), ("Conv", "FusedConv", "NchwcConv")),
     ("matmul", ("matmul", "dense"), ("MatMul", "FusedMatMul", "Gemm")),
     ("softmax", ("softmax",), ("Softmax",)),
-    ("resize (network and VIM)", ("resize2d", "vim"), ("Resize", "Upsample")),
+    ("resize", ("resize2d",), ("Resize", "Upsample")),
     ("reduce mean", ("mean",), ("ReduceMean", "GlobalAveragePool")),
-    ("argmax, unique, gather", ("argmax", "presence", "unique", "take"), ("ArgMax", "Unique", "Gather")),
-    ("layout reorders", ("layout_transform",), ("ReorderInput", "ReorderOutput")),
+    ("layout transforms", ("layout_transform",), ("ReorderInput", "ReorderOutput")),
     ("VM builtins (allocation, shapes)", ("vm.builtin",), ()),
 )
 OTHER = "element-wise and other"

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import click
 
+from pipeline.cli.options import THREADS
 from pipeline.common.paths import BENCH_WORK, REF_PYTHON, RESULTS, TUNING
 
 
 @click.command("bench-peers")
 @click.option("--model", type=click.Choice(["tiny", "base"]), default="tiny", show_default=True)
-@click.option("--threads", default="1", show_default=True, help="A thread count, or 'all' (every core).")
+@click.option("--threads", type=THREADS, default="1", show_default=True, help="A thread count, or 'all' (every core).")
 @click.option("--repeat", type=click.IntRange(min=1), default=30, show_default=True, help="Timed runs per engine.")
 @click.option("--rounds", type=click.IntRange(min=1), default=10, show_default=True,
               help="Rounds the runs are split into (engines alternate within each).")
@@ -30,7 +31,7 @@ from pipeline.common.paths import BENCH_WORK, REF_PYTHON, RESULTS, TUNING
 @click.option("--paddle-backend", type=click.Choice(["onednn", "native"]), default="onednn", show_default=True)
 @click.option("--engines", help="Comma-separated subset of the engines (default: all).")
 @click.option("--command", "command_line", help="The command to record (make passes its own).")
-def bench_peers(model: str, threads: str, repeat: int, rounds: int, input_size: str, out: Path, work: Path,
+def bench_peers(model: str, threads: int, repeat: int, rounds: int, input_size: str, out: Path, work: Path,
                 device: str, checkpoint: Path | None, ref_python: Path, tuning_root: Path, paddle_backend: str,
                 engines: str | None, command_line: str | None) -> None:
     """PyTorch, ONNX Runtime, Paddle Inference and TVM untuned/tuned side by side (`make bench`)."""
@@ -44,7 +45,7 @@ def bench_peers(model: str, threads: str, repeat: int, rounds: int, input_size: 
     if unknown := [e for e in chosen if e not in ENGINES]:
         raise click.BadParameter(f"unknown engines {unknown}; choose from {', '.join(ENGINES)}",
                                  param_hint="--engines")
-    s = peers.Settings(model=model, threads=peers.parse_threads(threads), repeat=repeat, rounds=rounds,
+    s = peers.Settings(model=model, threads=threads, repeat=repeat, rounds=rounds,
                        input_size=parse_size(input_size), out=out, work=work,
                        checkpoint=(checkpoint or peers.default_checkpoint(model)).resolve(), ref_python=ref_python,
                        tuning_root=tuning_root.resolve(), engines=chosen, paddle_backend=paddle_backend,
@@ -58,8 +59,8 @@ def bench_peers(model: str, threads: str, repeat: int, rounds: int, input_size: 
 
 
 @click.command("bench-vim")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
-              help="TVM threads (and the target's num-cores).")
+@click.option("--threads", type=THREADS, default="1", show_default=True,
+              help="TVM threads (and the target's num-cores), or 'all'.")
 @click.option("--classes", type=click.IntRange(min=1), default=150, show_default=True)
 @click.option("--in-hw", type=int, nargs=2, default=(64, 64), show_default=True, help="Logits rows and columns.")
 @click.option("--out-hw", type=int, nargs=2, default=(512, 512), show_default=True, help="Label map size.")

@@ -12,6 +12,7 @@ from pipeline.cli.options import (
     SIZE_OPTION,
     TRACKER_OPTION,
     WEIGHTS_OPTION,
+    graph_options,
     note_weights,
 )
 
@@ -26,17 +27,20 @@ from pipeline.cli.options import (
               help="Import through torch.export or through an ONNX export.")
 @WEIGHTS_OPTION
 @SIZE_OPTION
+@graph_options
 @click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="Rebuild even if an identical artifact exists.")
 def compile_command(model_name: str, device: str, tracker: str | None, upsample: str, frontend: str,
-                    weights: Path | None, input_size: str | None, output_dir: Path, force: bool) -> None:
+                    weights: Path | None, input_size: str | None, graph, output_dir: Path,  # noqa: ANN001
+                    force: bool) -> None:
     """Compile the model with TVM into DIR/model.so + DIR/meta.json."""
     from pipeline.common.inputs import parse_size
     from pipeline.compile.build import CompileRequest, compile_artifact
 
     note_weights(weights)
     req = CompileRequest(model=model_name, device=device, upsample=upsample, frontend=frontend, weights=weights,
-                         input_size=parse_size(input_size) if input_size else (512, 512), tracker=tracker)
+                         input_size=parse_size(input_size) if input_size else (512, 512), tracker=tracker,
+                         graph=graph)
     compile_artifact(req, output_dir, force=force, log=click.echo)
 
 

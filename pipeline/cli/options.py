@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -26,6 +27,38 @@ TRACKER_OPTION = click.option("--tracker", envvar="TRACKER", metavar="HOST:PORT"
                                    "with emulated phones.")
 
 
+
+
+class Threads(click.ParamType):
+    """A thread count, or ``all`` for every core this process may use."""
+
+    name = "N|all"
+
+    def convert(self, value, param, ctx) -> int:  # noqa: ANN001 - click's signature
+        if isinstance(value, int):
+            return value
+        if value == "all":
+            return len(os.sched_getaffinity(0))
+        if not str(value).isdigit() or int(value) < 1:
+            self.fail(f"{value!r} is not a positive thread count or 'all'", param, ctx)
+        return int(value)
+
+
+THREADS = Threads()
+
+
+def graph_options(f):  # noqa: ANN001, ANN201 - a click command function
+    """``--layout``: the graph passes a build runs (``pipeline.compile.passes.GraphOptions``),
+    given to the command as ``graph``."""
+    def to_options(_ctx: click.Context, _param: click.Parameter, value: str):  # noqa: ANN202
+        from pipeline.compile.passes import GraphOptions
+
+        return GraphOptions(blocked=value == "blocked")
+
+    return click.option("--layout", "graph", type=click.Choice(["blocked", "nchw"]), default="blocked",
+                        show_default=True, callback=to_options,
+                        help="Convolutions on channel-blocked tensors (NCHW[b]c, b from the device profile), "
+                             "or the plain NCHW graph.")(f)
 
 
 def note_weights(weights: Path | None) -> None:

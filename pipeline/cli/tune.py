@@ -6,8 +6,16 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.options import MODEL_OPTION, SIZE_OPTION, TRACKER_OPTION, WEIGHTS_OPTION, note_weights
-from pipeline.tune.job import DEFAULT_ABLATION_TRIALS, DEFAULT_TRIALS
+from pipeline.cli.options import (
+    MODEL_OPTION,
+    SIZE_OPTION,
+    THREADS,
+    TRACKER_OPTION,
+    WEIGHTS_OPTION,
+    graph_options,
+    note_weights,
+)
+from pipeline.tune.job import DEFAULT_TRIALS
 
 
 @click.command()
@@ -16,10 +24,9 @@ from pipeline.tune.job import DEFAULT_ABLATION_TRIALS, DEFAULT_TRIALS
 @TRACKER_OPTION
 @click.option("--trials", type=click.IntRange(min=0), help="Trial budget for the network's kernels, counting what "
               f"the work directory has (default {DEFAULT_TRIALS}).")
-@click.option("--ablation-trials", type=click.IntRange(min=0), help="Trial budget for the kernels only the "
-              f"interpolate+argmax ablation uses, counted the same way (default {DEFAULT_ABLATION_TRIALS}).")
 @SIZE_OPTION
-@click.option("--threads", type=int, help="Threads on the device (default: the profile's).")
+@click.option("--threads", type=THREADS, help="Threads on the device, or 'all' (this machine's cores; default: "
+              "the profile's). Each count has its own work directory and tuned artifact.")
 @WEIGHTS_OPTION
 @click.option("--device-wait", type=click.FloatRange(min=0), help="Seconds to wait for a lost device to come "
               "back before stopping (default PPMSEG_DEVICE_WAIT or 300).")
@@ -27,11 +34,11 @@ from pipeline.tune.job import DEFAULT_ABLATION_TRIALS, DEFAULT_TRIALS
               "(databases) live (default: ./tuning).")
 @click.option("--out-root", type=click.Path(file_okay=False, path_type=Path), help="Where the tuned artifacts "
               "go (default: ./build).")
+@graph_options
 @click.option("--list", "list_only", is_flag=True, help="List the tuning work directories and stop.")
-def tune(model_name: str, device: str, tracker: str | None, trials: int | None, ablation_trials: int | None,
-         input_size: str | None,
+def tune(model_name: str, device: str, tracker: str | None, trials: int | None, input_size: str | None,
          threads: int | None, weights: Path | None, device_wait: float | None, work_root: Path | None,
-         out_root: Path | None, list_only: bool) -> None:
+         out_root: Path | None, graph, list_only: bool) -> None:  # noqa: ANN001
     """Tune the model's kernels with MetaSchedule on a device, build untuned and tuned
     libraries, check they agree, measure both and write the report.
 
@@ -48,9 +55,9 @@ def tune(model_name: str, device: str, tracker: str | None, trials: int | None, 
             best = f"{r['tuned_ms']:.2f} ms tuned, {r['untuned_ms']:.2f} ms untuned" if r["tuned_ms"] else "no report"
             click.echo(f"{r['work_dir']}: {r['trials']} trials, {best}{' (emulated)' if r['emulated'] else ''}")
         return
-    given = {"trials": trials, "ablation_trials": ablation_trials, "device_wait": device_wait}
+    given = {"trials": trials, "device_wait": device_wait}
     req = TuneRequest(model=model_name, device=device, tracker=tracker, threads=threads, weights=weights,
-                      input_size=parse_size(input_size) if input_size else (512, 512),
+                      graph=graph, input_size=parse_size(input_size) if input_size else (512, 512),
                       **{k: v for k, v in given.items() if v is not None})
     # The weights note comes once the run holds its work directory (a refused run prints one line).
     result = run_tune(req, log=click.echo, work_root=work_root, out_root=out_root,

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pipeline.common.files import atomic_path, write_text
 from pipeline.common.paths import ROOT, SOURCE_DIRS
+from pipeline.compile.passes import SHIPPED, GraphOptions
 
 META_FORMAT = "ppmseg-artifact/1"
 LIBRARY = "model.so"
@@ -49,6 +50,12 @@ class BuildSpec:
     weights_sha256: str | None  # None: the fixed random initialization
     mean: tuple[float, float, float]  # input normalization the runtime applies
     std: tuple[float, float, float]
+    graph: GraphOptions = SHIPPED  # the graph passes
+    channel_block: int = 4  # the device's vector lanes, the block of blocked convolutions
+
+    @property
+    def layout(self) -> str:
+        return self.graph.layout(self.channel_block)
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -184,6 +191,8 @@ def write_artifact(directory: str | Path, spec: BuildSpec, export, extra: dict) 
         "output": {"name": "labels", "dtype": "int32", "shape": [1, *spec.input_size]},
         "upsample": spec.upsample,
         "frontend": spec.frontend,
+        "layout": spec.layout,
+        "graph": asdict(spec.graph),
         "device": spec.device,
         "target": spec.target,
         "arch": elf_machine(lib),

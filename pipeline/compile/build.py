@@ -16,8 +16,9 @@ from model.weights import load_model
 from pipeline.common.tvm_log import quiet_tvm
 from pipeline.compile.artifact import BuildSpec, cached, sha256_file, write_artifact
 from pipeline.compile.fold import fold_batchnorm
+from pipeline.compile.passes import SHIPPED, GraphOptions, rewrite
 from pipeline.compile.tail import Upsample, compose, effective_upsample
-from rpc.linkers import build_config, fcompile_for
+from rpc.linkers import BuildConfig, build_config, fcompile_for
 from schedules import tuning
 
 FRONTENDS = ("torch", "onnx")
@@ -33,6 +34,7 @@ class CompileRequest:
     weights: Path | None = None
     input_size: tuple[int, int] = (512, 512)
     tracker: str | None = None  # a user's tracker (real devices); None: local mode (emulation)
+    graph: GraphOptions = SHIPPED
 
 
 def import_network(model, input_shape: tuple[int, int, int, int], frontend: str,  # noqa: ANN001 - nn.Module
@@ -52,20 +54,24 @@ def import_network(model, input_shape: tuple[int, int, int, int], frontend: str,
 
 
 def network_module(model, spec: BuildSpec, onnx_path: Path) -> tvm.IRModule:  # noqa: ANN001 - nn.Module
-    """``main(x) -> labels`` and ``logits(x)`` for ``spec`` (its frontend, shape and tail)."""
-    return compose(import_network(model, spec.input_shape, spec.frontend, onnx_path), spec.input_shape,
-                   spec.upsample)
+    """``main(x) -> labels`` and ``logits(x)`` for ``spec`` (its frontend, shape and tail),
+    after the graph passes."""
+    module = compose(import_network(model, spec.input_shape, spec.frontend, onnx_path), spec.input_shape,
+                     spec.upsample)
+    with quiet_tvm():
+        return rewrite(module, spec.graph, spec.channel_block)
 
 
-def build_spec(variant: str, model, input_size: tuple[int, int], device: str, target: dict,  # noqa: ANN001
-               weights: Path | None, upsample: Upsample = "vim", frontend: str = "torch") -> BuildSpec:
-    """What a library of ``model`` (a loaded PPMobileSeg) depends on; VIM falls back to
-    interpolation below 30 classes."""
+def build_spec(variant: str, model, input_size: tuple[int, int], config: BuildConfig,  # noqa: ANN001
+               weights: Path | None, upsample: Upsample = "vim", frontend: str = "torch",
+               graph: GraphOptions = SHIPPED) -> BuildSpec:
+    """What a library of ``model`` (a loaded PPMobileSeg) built for ``config``'s device
+    depends on; VIM falls back to interpolation below 30 classes."""
     return BuildSpec(
         model=variant, num_classes=model.cfg.num_classes, input_size=tuple(input_size),
-        upsample=effective_upsample(upsample, model.cfg.num_classes), frontend=frontend, device=device,
-        target=target, weights_sha256=sha256_file(weights) if weights else None,
-        mean=tuple(model.cfg.mean), std=tuple(model.cfg.std),
+        upsample=effective_upsample(upsample, model.cfg.num_classes), frontend=frontend, device=config.device,
+        target=config.target, weights_sha256=sha256_file(weights) if weights else None,
+        mean=tuple(model.cfg.mean), std=tuple(model.cfg.std), graph=graph, channel_block=config.channel_block,
     )
 
 
@@ -97,8 +103,7 @@ def compile_artifact(req: CompileRequest, out_dir: str | Path, force: bool = Fal
         raise ValueError(f"unknown frontend {req.frontend!r}; choose one of {', '.join(FRONTENDS)}")
     cfg = build_config(req.device, tracker=req.tracker)
     model = load_model(req.model, req.weights)
-    spec = build_spec(req.model, model, req.input_size, cfg.device, cfg.target, req.weights, req.upsample,
-                      req.frontend)
+    spec = build_spec(req.model, model, req.input_size, cfg, req.weights, req.upsample, req.frontend, req.graph)
     out_dir = Path(out_dir)
     if not force and (meta := cached(out_dir, spec)) is not None:
         log(f"{out_dir}: up to date (same model, weights, target, TVM and code); reusing it (--force rebuilds)")

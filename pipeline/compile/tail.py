@@ -15,12 +15,13 @@ import tvm
 from tvm import relax
 
 from model.upsample import VIM_MIN_CLASSES
-from schedules.vim import emit_interpolate, emit_vim
+from schedules.vim import emit_interpolate, emit_interpolate_stock, emit_vim
 
 Upsample = Literal["vim", "interpolate"]
 TAILS: dict[str, Callable[[relax.BlockBuilder, relax.Expr, tuple[int, int]], relax.Var]] = {
     "vim": emit_vim,
     "interpolate": emit_interpolate,
+    "interpolate-stock": emit_interpolate_stock,  # the stock-op baseline, for the ablation
 }
 def effective_upsample(upsample: Upsample, num_classes: int) -> Upsample:
     """VIM is disabled below 30 classes, as in the paper and PaddleSeg."""

@@ -15,15 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.common.paths import BUILD
+from pipeline.compile.passes import SHIPPED, GraphOptions
 from pipeline.tune.signals import handling, interrupt
-from pipeline.tune.workdir import WorkDir, tuning_tag
+from pipeline.tune.workdir import WorkDir
 
 # Every kernel of the network is tuned: the first round gives each of Tiny's ~110 tasks a
 # batch of 8, the rest goes where MetaSchedule's gradient says.
 DEFAULT_TRIALS = 1600
-# The ablation's own kernels (interpolate + argmax) get a budget of their own, so that the
-# comparison with VIM does not take trials from the network.
-DEFAULT_ABLATION_TRIALS = 64
 # How long tuning waits for a server with the device's key to come back before it stops.
 DEVICE_WAIT = float(os.environ.get("PPMSEG_DEVICE_WAIT", 300))
 
@@ -33,23 +31,19 @@ class TuneRequest:
     model: str = "tiny"
     device: str = "host"
     trials: int = DEFAULT_TRIALS
-    ablation_trials: int = DEFAULT_ABLATION_TRIALS
     input_size: tuple[int, int] = (512, 512)
     tracker: str | None = None  # host:port of the user's tracker; None: local (emulated) devices
     threads: int | None = None  # default: the device profile's
     weights: Path | None = None
     upsample: str = "vim"
     device_wait: float = DEVICE_WAIT  # seconds to wait for a lost device before stopping
+    graph: GraphOptions = SHIPPED  # the graph passes (a work directory of their own unless default)
 
-    @property
-    def tag(self) -> str:
-        return tuning_tag(self.model, self.device, self.input_size)
-
-    @property
-    def command(self) -> str:
+    def command(self, threads: int) -> str:
         """The make command that repeats this run."""
         return (f"make tune DEVICE={self.device} MODEL={self.model} TRIALS={self.trials} "
-                f"ABLATION_TRIALS={self.ablation_trials} INPUT={self.input_size[0]}x{self.input_size[1]}")
+                f"INPUT={self.input_size[0]}x{self.input_size[1]} "
+                f"THREADS={threads}" + ("" if self.graph == SHIPPED else f" GRAPH={self.graph.suffix[1:]}"))
 
 
 @dataclass
@@ -65,15 +59,17 @@ def run_tune(req: TuneRequest, log: Callable[[str], None] = print, work_root: Pa
     One run per work directory at a time; the local RPC processes it started are stopped
     when it ends, however it ends."""
     from rpc.connect import connect_device
+    from rpc.devices import load_profile
 
-    work = WorkDir.of(req.model, req.device, req.input_size, work_root)
-    out_dir = (out_root or BUILD) / f"tuned-{req.tag}"
+    threads = req.threads or load_profile(req.device).threads
+    work = WorkDir.of(req.model, req.device, req.input_size, threads, work_root, req.graph.suffix)
+    out_dir = (out_root or BUILD) / f"tuned-{work.path.name}"
     with work.locked():
         on_start()
         cut = work.repair()
         if cut:
             log(f"dropped a half-written database line ({cut} bytes) left by an interrupted run")
-        device = connect_device(req.device, req.tracker, req.threads, log)
+        device = connect_device(req.device, req.tracker, threads, log)
         try:
             with handling(interrupt, signal.SIGTERM):
                 return _tune_and_report(req, device, work, out_dir, log, repeat)
@@ -96,21 +92,21 @@ def _tune_and_report(req: TuneRequest, device, work: WorkDir, out_dir: Path,  # 
     from pipeline.tune import steps
     from pipeline.tune.measure import time_tasks
     from pipeline.tune.parts import profile_parts
-    from pipeline.tune.report import tuning_report, write_report
+    from pipeline.tune.report import tuning_curve, tuning_report, write_report
 
     t_start = time.perf_counter()
     model = load_model(req.model, req.weights)
-    spec = build_spec(req.model, model, req.input_size, device.name, device.config.target, req.weights, req.upsample)
+    spec = build_spec(req.model, model, req.input_size, device.config, req.weights, req.upsample, graph=req.graph)
     run = steps.Run(device, work, out_dir, model, spec, log, req.device_wait, t_start)
     modules = steps.import_modules(run)
     tasks = steps.extract(run, modules)
-    log(f"{len(tasks.all)} tasks in PP-MobileSeg-{req.model} {req.input_size[0]}x{req.input_size[1]} for "
+    log(f"{len(tasks)} tasks in PP-MobileSeg-{req.model} {req.input_size[0]}x{req.input_size[1]} for "
         f"{device.name}{' (emulated)' if device.emulated else ''}, {device.threads} thread(s)")
     untuned = steps.untuned_timings(run, tasks)
     before = work.measured_trials()
     if before:
         log(f"resuming {work.path}: {before} trials already measured")
-    steps.search(run, tasks, {"network": req.trials, "ablation": req.ablation_trials})
+    steps.search(run, tasks, untuned, req.trials)
     log(f"{work.measured_trials()} trials in the database ({work.measured_trials() - before} new)")
 
     weights = str(Path(req.weights).resolve()) if req.weights else None
@@ -123,11 +119,12 @@ def _tune_and_report(req: TuneRequest, device, work: WorkDir, out_dir: Path,  # 
         k_present = int(torch.unique(model(torch.from_numpy(x)).argmax(1)).numel())
     timings, labels = steps.measure(run, built, x, repeat)
     checks = steps.check(built["tuned"].meta, labels, x, weights)
-    tuned_tasks = time_tasks(device, tasks.all, work.path, work.library_path("tasks-tuned"))
+    tuned_tasks = time_tasks(device, tasks, work.path, work.library_path("tasks-tuned"))
     log("profiling the network part by part (untuned and tuned)")
-    parts = profile_parts(device, model, x, req.input_size, spec.upsample, work)
+    parts = profile_parts(device, model, x, spec, work)
 
-    report = tuning_report(run, req, tasks, timings, checks, untuned, tuned_tasks, parts, k_present, before)
+    curve = tuning_curve(tasks, work, untuned, timings)
+    report = tuning_report(run, req, tasks, timings, checks, untuned, tuned_tasks, parts, k_present, before, curve)
     write_report(out_dir, report)
     work.save_report(report)
     log(f"untuned {report['untuned']['median_ms']:.1f} ms, tuned {report['tuned']['median_ms']:.1f} ms "

@@ -108,24 +108,31 @@ def time_parts(benchmark: Callable[[str, list[np.ndarray]], float], names: list[
     return {n: benchmark(n, inputs[n if n in inputs else "tail"]) for n in names}
 
 
-def profile_parts(device, model: PPMobileSeg, x: np.ndarray, input_size: tuple[int, int], upsample: str,  # noqa: ANN001
-                  work, number: int = 3, repeat: int = 5) -> list[dict]:
+def profile_parts(device, model: PPMobileSeg, x: np.ndarray, spec, work, number: int = 3,  # noqa: ANN001
+                  repeat: int = 5) -> list[dict]:
     """Median ms of each part of the network on ``device`` (an ``rpc.connect.Device``), in the
-    untuned build and with the work directory's database; with VIM, the interpolate tail too."""
+    untuned build and with the work directory's database; with VIM, the plain tails too. The
+    parts go through the graph passes of ``spec`` (the network's ``BuildSpec``), so that their
+    kernels are the network's."""
     from pipeline.common.tvm_log import quiet_tvm
     from pipeline.compile.build import build_library, export
     from pipeline.compile.fold import fold_batchnorm
+    from pipeline.compile.passes import rewrite
     from rpc.session import connect
+
+    upsample = spec.upsample
 
     folded = fold_batchnorm(model)
     inputs = part_inputs(folded, x)
-    tails = {"tail": upsample, **({"tail_interpolate": "interpolate"} if upsample == "vim" else {})}
+    ablation = {"tail_interpolate": "interpolate", "tail_interpolate_stock": "interpolate-stock"}
+    tails = {"tail": upsample, **(ablation if upsample == "vim" else {})}
     labels = {p.name: p.label for p in network_parts(folded)}
     labels.update(tail=f"{upsample} tail" if upsample == "vim" else "interpolate + argmax tail",
-                  tail_interpolate="interpolate + argmax tail (ablation)")
+                  tail_interpolate="interpolate + argmax tail, fused (ablation)",
+                  tail_interpolate_stock="interpolate + argmax tail, stock ops (ablation)")
     names = [p.name for p in network_parts(folded) if p.module is not None] + list(tails)
     with quiet_tvm():
-        mod = profiling_module(folded, inputs, input_size, tails)
+        mod = rewrite(profiling_module(folded, inputs, spec.input_size, tails), spec.graph, spec.channel_block)
     times = {}
     with connect(device.key, device.tracker) as session:
         session.set_threads(device.threads)

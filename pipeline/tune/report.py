@@ -9,37 +9,47 @@ from pathlib import Path
 
 from pipeline.common.files import atomic_path, write_json, write_text
 
+# The paper's ablation (Base, Snapdragon 855, Paddle-Lite, one thread): VIM took the latency
+# from 465.6 to 234.6 ms, against a plain interpolate + argmax over all 150 classes.
+PAPER_VIM = {"baseline_ms": 465.6, "vim_ms": 234.6, "saving": 0.495}
+# The tails timed alone in the profile by part (``pipeline.tune.parts``), by ablation name.
+ABLATION_TAILS = {"vim": "tail", "interpolate": "tail_interpolate", "interpolate_stock": "tail_interpolate_stock"}
+
 
 def tuning_report(run, req, tasks, timings: dict, checks: dict, untuned: dict[str, float],  # noqa: ANN001
-                  tuned_tasks: dict[str, float], parts: list[dict], k_present: int, before: int) -> dict:
+                  tuned_tasks: dict[str, float], parts: list[dict], k_present: int, before: int,
+                  curve: dict) -> dict:
     """The report of a finished run (``pipeline.tune.steps.Run``, its ``TuneRequest`` and
-    ``Tasks``) from what the steps measured."""
+    tasks) from what the steps measured."""
     from model.summary import summarize
     from rpc.devices import load_profile
 
     device, work = run.device, run.work
     trials = work.measured_trials()
-    per_task = work.trials_per_task(tasks.all)
+    per_task = work.trials_per_task(tasks)
     gflop = summarize(run.model, req.input_size).gflops
     peak = None if device.emulated else load_profile(device.name).peak_gflops(device.threads)
     tuned_ms, untuned_ms = timings["tuned"]["median_ms"], timings["untuned"]["median_ms"]
+    tails = {p["part"]: p["tuned_ms"] for p in parts}
     return {
         "model": req.model, "device": device.name, "emulated": device.emulated, "threads": device.threads,
         "input_size": list(req.input_size), "upsample": run.spec.upsample, "trials": trials,
         "new_trials": trials - before, "target": device.config.target, "work_dir": str(work.path),
         "artifact": str(run.out_dir), "date": time.strftime("%Y-%m-%d %H:%M"),
-        "elapsed_s": round(time.perf_counter() - run.t_start, 1), "command": req.command,
+        "elapsed_s": round(time.perf_counter() - run.t_start, 1), "command": req.command(device.threads),
         "untuned": timings["untuned"], "tuned": timings["tuned"], "speedup": untuned_ms / tuned_ms,
         "checks": checks,
         "tasks": [{"task": t.task_name, "calls": int(t.weight), "flops": float(_flops(t)),
                    "untuned_ms": untuned[t.task_name], "tuned_ms": tuned_tasks[t.task_name],
-                   "trials": per_task[t.task_name], "tuned": per_task[t.task_name] > 0,
-                   "ablation_only": i >= len(tasks.network)} for i, t in enumerate(tasks.all)],
+                   "trials": per_task[t.task_name], "tuned": per_task[t.task_name] > 0} for t in tasks],
         "profile": parts,
+        "curve": curve,
         "gflops": {"network_gflop": gflop, "tuned_gflops": gflop / tuned_ms * 1e3,
                    "untuned_gflops": gflop / untuned_ms * 1e3, "peak_gflops": peak},
         "ablation": {"k": k_present, "classes": run.model.cfg.num_classes, "vim_ms": tuned_ms,
-                     "interpolate_ms": timings.get("tuned-interpolate", {}).get("median_ms")},
+                     "interpolate_ms": timings.get("tuned-interpolate", {}).get("median_ms"),
+                     "tails_ms": {name: tails[part] for name, part in ABLATION_TAILS.items() if part in tails},
+                     "paper": PAPER_VIM},
     }
 
 
@@ -73,11 +83,7 @@ def markdown(report: dict) -> str:
     lines += [f"Tuned vs untuned labels: {checks['tuned_vs_untuned']['equal']:.4%} equal, "
               f"{checks['tuned_vs_untuned']['differ_outside_ties']} differ outside top-two ties; "
               f"untuned vs PyTorch: {checks['untuned_vs_pytorch']['equal']:.4%} equal.", ""]
-    a = report["ablation"]
-    if a.get("interpolate_ms"):
-        lines += [f"VIM ablation (tuned builds, sample photograph, K = {a['k']} of {a['classes']} classes present "
-                  f"at low resolution): VIM {a['vim_ms']:.2f} ms, interpolate + argmax {a['interpolate_ms']:.2f} ms "
-                  f"({a['interpolate_ms'] / a['vim_ms']:.2f}x).", ""]
+    lines += ablation_lines(report["ablation"])
     g = report.get("gflops")
     if g:
         peak = (f" against a nominal peak of {g['peak_gflops']:.0f} GFLOP/s "
@@ -85,6 +91,7 @@ def markdown(report: dict) -> str:
                 else " (no nominal peak: emulated or unknown device)")
         lines += [f"Network: {g['network_gflop']:.2f} GFLOP (convolutions and matmuls); tuned "
                   f"{g['tuned_gflops']:.1f} GFLOP/s, untuned {g['untuned_gflops']:.1f} GFLOP/s{peak}.", ""]
+    lines += curve_lines(report.get("curve"))
     if report.get("profile"):
         lines += profile_table(report["profile"], report["untuned"]["median_ms"], report["tuned"]["median_ms"])
     lines += ["| task | calls | MFLOP | untuned ms | tuned ms | speedup | trials |", "|---|---|---|---|---|---|---|"]
@@ -94,9 +101,54 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def ablation_lines(a: dict) -> list[str]:
+    """VIM against the best plain tail the project builds, beside the stock one and the paper."""
+    if not a.get("interpolate_ms"):
+        return []
+    saving = 1 - a["vim_ms"] / a["interpolate_ms"]
+    lines = [f"VIM ablation (tuned builds, sample photograph, K = {a['k']} of {a['classes']} classes present at "
+             f"low resolution): VIM {a['vim_ms']:.2f} ms end to end; the plain tail (every class upsampled, then "
+             f"argmax, by the same fused kernel) {a['interpolate_ms']:.2f} ms: VIM takes {saving:.1%} off."]
+    t = a.get("tails_ms") or {}
+    if {"vim", "interpolate", "interpolate_stock"} <= set(t):
+        lines.append(f"The tails alone: VIM {t['vim']:.2f} ms, plain fused {t['interpolate']:.2f} ms, plain from stock "
+                     f"ops (resize2d + argmax at TVM's default schedule: MetaSchedule finds one candidate for that "
+                     f"resize) {t['interpolate_stock']:.2f} ms.")
+    paper = a.get("paper") or PAPER_VIM
+    lines.append(f"The paper: VIM took {paper['saving']:.1%} off PP-MobileSeg-Base on the phone "
+                 f"({paper['baseline_ms']} to {paper['vim_ms']} ms, Paddle-Lite, one thread).")
+    return [" ".join(lines), ""]
+
+
+def tuning_curve(tasks, work, untuned: dict[str, float], timings: dict) -> dict:  # noqa: ANN001
+    """The network's best-kernels sum against trials (from the database; a kernel counts with
+    its untuned time until its first record) and the end-to-end latency: untuned at 0 trials,
+    then tuned at the end of each run on this work directory (kept in its report)."""
+    from schedules.tuning import tuning_curve as database_curve
+
+    trials = work.measured_trials()
+    earlier = (work.report().get("curve") or {}).get("end_to_end_ms", [])
+    runs = {0: timings["untuned"]["median_ms"], **{n: ms for n, ms in earlier if n},
+            trials: timings["tuned"]["median_ms"]}
+    return {"best_kernels_ms": [list(p) for p in database_curve(tasks, work.path, untuned)],
+            "end_to_end_ms": sorted([n, ms] for n, ms in runs.items())}
+
+
+def curve_lines(curve: dict | None) -> list[str]:
+    """One sentence: whether more trials would still help."""
+    points = (curve or {}).get("best_kernels_ms") or []
+    if len(points) < 3:
+        return []
+    (n0, _), (nh, half), (n1, last) = points[0], points[len(points) // 2], points[-1]
+    gain = (half - last) / half if half else 0.0
+    return [f"Tuning curve (report.png): the best-kernels sum went from {points[0][1]:.2f} ms at {n0} trials to "
+            f"{half:.2f} ms at {nh} and {last:.2f} ms at {n1}; the second half of the trials took off "
+            f"{gain:.1%}.", ""]
+
+
 def _main_parts(rows: list[dict]) -> list[dict]:
-    """The parts of the shipped network (the ablation's tail is shown apart)."""
-    return [r for r in rows if r["part"] != "tail_interpolate"]
+    """The parts of the shipped network (the ablation's tails are shown apart)."""
+    return [r for r in rows if not r["part"].startswith("tail_")]
 
 
 def profile_table(rows: list[dict], untuned_ms: float, tuned_ms: float) -> list[str]:
@@ -115,38 +167,51 @@ def profile_table(rows: list[dict], untuned_ms: float, tuned_ms: float) -> list[
     return lines
 
 
+def _paired_bars(ax, labels: list[str], untuned: list[float], tuned: list[float], title: str) -> None:  # noqa: ANN001
+    """Untuned and tuned side by side on a log axis, so both can be read."""
+    y = range(len(labels))
+    ax.barh([i - 0.2 for i in y], untuned, 0.4, label="untuned", color="#999999")
+    ax.barh([i + 0.2 for i in y], tuned, 0.4, label="tuned", color="#1f77b4")
+    ax.set_yticks(list(y), labels, fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set(xlabel="ms (log scale)", title=title)
+    ax.legend(fontsize=7)
+
+
 def _plot(report: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = sorted(report["tasks"], key=lambda r: -r["untuned_ms"] * r["calls"])[:15]
+    rows = sorted(report["tasks"], key=lambda r: -r["tuned_ms"] * r["calls"])[:15]
     parts = _main_parts(report.get("profile") or [])
-    fig, axes = plt.subplots(1, 3 if parts else 2, figsize=(16 if parts else 11, 4.5), dpi=110,
-                             gridspec_kw={"width_ratios": [1, 3, 2] if parts else [1, 3]})
-    ax1, ax2 = axes[:2]
-    builds = ["untuned", "tuned"] + (["interpolate"] if report["ablation"].get("interpolate_ms") else [])
-    values = [report["untuned"]["median_ms"], report["tuned"]["median_ms"]] + (
-        [report["ablation"]["interpolate_ms"]] if len(builds) == 3 else [])
-    ax1.bar(builds, values, color=["#999999", "#1f77b4", "#ff7f0e"][: len(builds)])
-    ax1.set(ylabel="end-to-end median (ms)", title=_device(report).split(" (")[0] + (
-        " (emulated)" if report["emulated"] else ""))
-    y = range(len(rows))
-    ax2.barh([i - 0.2 for i in y], [r["untuned_ms"] * r["calls"] for r in rows], 0.4, label="untuned", color="#999999")
-    ax2.barh([i + 0.2 for i in y], [r["tuned_ms"] * r["calls"] for r in rows], 0.4, label="tuned", color="#1f77b4")
-    ax2.set_yticks(list(y), [r["task"][:40] for r in rows], fontsize=6)
-    ax2.invert_yaxis()
-    ax2.set(xlabel="ms per inference (latency x calls)", title="heaviest tasks")
-    ax2.legend()
+    fig, axes = plt.subplots(2, 2, figsize=(14, 9), dpi=110)
+    ax1, ax2, ax3, ax4 = axes.flat
+    builds = {"untuned": report["untuned"]["median_ms"], "tuned": report["tuned"]["median_ms"]}
+    if report["ablation"].get("interpolate_ms"):
+        builds["tuned, interpolate tail"] = report["ablation"]["interpolate_ms"]
+    bars = ax1.bar(list(builds), list(builds.values()), color=["#999999", "#1f77b4", "#ff7f0e"][: len(builds)])
+    ax1.bar_label(bars, [f"{v:.1f} ms" for v in builds.values()], fontsize=8)
+    ax1.set_yscale("log")
+    ax1.set(ylabel="end-to-end median, ms (log scale)", title=f"{_device(report).split(' (')[0]}"
+            f"{' (emulated)' if report['emulated'] else ''}: {report['speedup']:.1f}x faster tuned")
+    _paired_bars(ax2, [r["task"][:40] for r in rows], [r["untuned_ms"] * r["calls"] for r in rows],
+                 [r["tuned_ms"] * r["calls"] for r in rows], "heaviest tuned tasks (latency x calls)")
     if parts:
-        y = range(len(parts))
-        axes[2].barh([i - 0.2 for i in y], [r["untuned_ms"] for r in parts], 0.4, label="untuned", color="#999999")
-        axes[2].barh([i + 0.2 for i in y], [r["tuned_ms"] for r in parts], 0.4, label="tuned", color="#1f77b4")
-        axes[2].set_yticks(list(y), [r["label"] for r in parts], fontsize=7)
-        axes[2].invert_yaxis()
-        axes[2].set(xlabel="ms", title="latency by part of the network")
-        axes[2].legend()
+        _paired_bars(ax3, [r["label"] for r in parts], [r["untuned_ms"] for r in parts],
+                     [r["tuned_ms"] for r in parts], "latency by part of the network")
+    curve = report.get("curve") or {}
+    if curve.get("best_kernels_ms"):
+        x, y = zip(*curve["best_kernels_ms"], strict=True)
+        ax4.plot(x, y, label="best-kernels sum (database)")
+        x, y = zip(*curve["end_to_end_ms"], strict=True)
+        ax4.plot(x, y, "o--", label="end to end (measured at the end of each run)")
+        ax4.set_yscale("log")
+        ax4.set(xlabel="trials in the database", ylabel="ms (log scale)", title="tuning curve")
+        ax4.grid(True, which="both", alpha=0.3)
+        ax4.legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

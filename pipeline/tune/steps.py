@@ -25,6 +25,10 @@ from pipeline.tune.workdir import WorkDir
 from rpc.connect import Device
 
 ABLATION_UPSAMPLE = "interpolate"
+# The search's first phase gives every network kernel one round of this many candidates;
+# the rest of the budget goes to the kernels holding this share of the tuned time.
+FIRST_ROUND = 8
+HEAVY_SHARE = 0.8
 
 
 @dataclass
@@ -42,18 +46,8 @@ class Run:
 
     @property
     def ablation(self) -> bool:
-        """The plain tail is tuned and measured too, so that VIM is compared with its best rival."""
+        """VIM is compared with the best plain tail: upsample + argmax of every class, fused."""
         return self.spec.upsample == "vim"
-
-
-@dataclass
-class Tasks:
-    network: list  # MetaSchedule's ExtractedTasks of the shipped module
-    ablation: list  # those only the ablation's plain tail has
-
-    @property
-    def all(self) -> list:
-        return self.network + self.ablation
 
 
 def import_modules(run: Run) -> dict[str, object]:
@@ -67,25 +61,21 @@ def import_modules(run: Run) -> dict[str, object]:
     return modules
 
 
-def extract(run: Run, modules: dict[str, object]) -> Tasks:
+def extract(run: Run, modules: dict[str, object]) -> list:
+    """The shipped module's tunable kernels (MetaSchedule's ExtractedTasks). The ablation's
+    module adds none: its plain tail is a hand-written kernel too."""
     from schedules import tuning
 
-    target = run.device.tvm_target()
     with quiet_tvm():
-        network = tuning.extract_tasks(modules["main"], target)
-        # Compared by workload: a kernel both modules have gets a different name in each.
-        known = {tuning.workload_key(t) for t in network}
-        ablation = [t for t in (tuning.extract_tasks(modules["ablation"], target) if "ablation" in modules else [])
-                    if tuning.workload_key(t) not in known]
-    return Tasks(network, ablation)
+        return tuning.extract_tasks(modules["main"], run.device.tvm_target())
 
 
-def untuned_timings(run: Run, tasks: Tasks) -> dict[str, float]:
+def untuned_timings(run: Run, tasks: list) -> dict[str, float]:
     """Every task's default schedule timed on the device, cached in the work directory."""
     untuned = run.work.untuned_tasks()
-    if set(untuned) != {t.task_name for t in tasks.all}:
+    if set(untuned) != {t.task_name for t in tasks}:
         run.log("timing every task's default schedule on the device")
-        untuned = time_tasks(run.device, tasks.all, None, run.work.library_path("tasks-untuned"))
+        untuned = time_tasks(run.device, tasks, None, run.work.library_path("tasks-untuned"))
         run.work.save_untuned_tasks(untuned)
     return untuned
 
@@ -115,28 +105,51 @@ def _builder_export(linker: str, mod) -> str:  # noqa: ANN001
     return str(path)
 
 
-def search(run: Run, tasks: Tasks, budgets: dict[str, int]) -> None:
-    """MetaSchedule over each group of tasks (``network``, ``ablation``) up to its budget, the
-    records already in the database counting toward it. Signals stop the search between
-    batches; a device that does not come back stops it with DeviceLost."""
+def heaviest(tasks: list, per_call_ms: dict[str, float], share: float = HEAVY_SHARE) -> list:
+    """The fewest tasks whose time (per-call ms times calls) makes up ``share`` of the total."""
+    time = {t.task_name: per_call_ms[t.task_name] * int(t.weight) for t in tasks}
+    ranked = sorted(tasks, key=lambda t: -time[t.task_name])
+    total, chosen, held = sum(time.values()), [], 0.0
+    for t in ranked:
+        if chosen and held >= share * total:
+            break
+        chosen.append(t)
+        held += time[t.task_name]
+    return chosen
+
+
+def phase_budgets(tasks: list, trials: int, done: dict[str, int]) -> tuple[int, int]:
+    """New trials for the round over every network kernel and for the heaviest kernels after
+    it. The round gets ``FIRST_ROUND`` candidates per kernel, the heaviest kernels what is left
+    of ``trials``; records already in the database count toward both, in that order."""
+    measured = sum(done[t.task_name] for t in tasks)
+    first = min(trials, FIRST_ROUND * len(tasks))
+    return max(first - measured, 0), max(trials - max(measured, first), 0)
+
+
+def search(run: Run, tasks: list, untuned: dict[str, float], trials: int) -> None:
+    """MetaSchedule in two phases: one round over every kernel, then the kernels holding most
+    of the tuned time, up to ``trials`` records in all (those already in the database count).
+    Signals stop the search between batches; a device that does not come back stops it with
+    DeviceLost."""
     from schedules import tuning
 
-    done = run.work.trials_per_task(tasks.all)
+    first, rest = phase_budgets(tasks, trials, run.work.trials_per_task(tasks))
     builder = tuning.PooledBuilder(functools.partial(_builder_export, run.device.config.linker))
     stop = threading.Event()
     progress = ProgressPrinter(run.log, run.t_start)
     runner = _runner(run, stop, progress)
+
+    def phase(name: str, group: list, budget: int) -> None:
+        if group and budget:
+            run.log(f"tuning the {len(group)} {name}: {budget} trials")
+            progress.start(budget)
+            tuning.tune(group, run.work.path, budget, builder=builder, runner=runner, on_update=progress.on_update)
+
     try:
         with quiet_tvm(), handling(request_stop(stop), signal.SIGINT, signal.SIGTERM):
-            for phase, group in (("network", tasks.network), ("ablation", tasks.ablation)):
-                measured = sum(done[t.task_name] for t in group)
-                budget = max(budgets[phase] - measured, 0)
-                if group and budget:
-                    run.log(f"tuning the {len(group)} {phase} tasks: {budget} trials"
-                            + (f" ({measured} of {budgets[phase]} measured before)" if measured else ""))
-                    progress.start(budget)
-                    tuning.tune(group, run.work.path, budget, builder=builder, runner=runner,
-                                on_update=progress.on_update)
+            phase("kernels (one round each)", tasks, first)
+            phase("heaviest kernels", heaviest(tasks, {**untuned, **tuning.best_ms(tasks, run.work.path)}), rest)
     except BaseException as e:
         runner.abort()
         if stop.is_set():
@@ -157,7 +170,7 @@ class Built:
 
 
 def build_artifacts(run: Run, modules: dict[str, object], extra: dict) -> dict[str, Built]:
-    """The untuned and tuned libraries (and the ablation's, tuned) as artifacts, by name.
+    """The untuned and tuned libraries (and the ablation's, tuned: its plain tail) as artifacts, by name.
     The tuned one is the run's output directory."""
     builds = {"untuned": ("main", None, run.out_dir / "untuned"), "tuned": ("main", run.work.path, run.out_dir)}
     if "ablation" in modules:

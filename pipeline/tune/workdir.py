@@ -20,9 +20,11 @@ UNTUNED_TASKS = "untuned_tasks.json"
 REPORT = "report.json"
 
 
-def tuning_tag(model: str, device: str, input_size: tuple[int, int]) -> str:
-    """The name of the work directory (and of the tuned artifact, ``tuned-<tag>``)."""
-    return f"{model}-{device}-{input_size[0]}x{input_size[1]}"
+def tuning_tag(model: str, device: str, input_size: tuple[int, int], threads: int, variant: str = "") -> str:
+    """The name of the work directory (and of the tuned artifact, ``tuned-<tag>``). The thread
+    count is part of it (kernels tuned for one count are not the best for another), and so
+    are graph options other than the defaults (``variant``, e.g. ``-nchw``)."""
+    return f"{model}-{device}-{input_size[0]}x{input_size[1]}-t{threads}{variant}"
 
 
 @dataclass(frozen=True)
@@ -30,8 +32,9 @@ class WorkDir:
     path: Path
 
     @classmethod
-    def of(cls, model: str, device: str, input_size: tuple[int, int], root: Path | None = None) -> WorkDir:
-        return cls((root or TUNING) / tuning_tag(model, device, input_size))
+    def of(cls, model: str, device: str, input_size: tuple[int, int], threads: int, root: Path | None = None,
+           variant: str = "") -> WorkDir:
+        return cls((root or TUNING) / tuning_tag(model, device, input_size, threads, variant))
 
     @contextmanager
     def locked(self) -> Iterator[None]:

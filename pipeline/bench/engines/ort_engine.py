@@ -40,23 +40,23 @@ def append_label_tail(model: onnx.ModelProto, size: tuple[int, int], vim: bool) 
 
     if vim:
         nodes = [
-            helper.make_node("ArgMax", [logits], ["vim_low_argmax"], axis=1, keepdims=0),
-            helper.make_node("Unique", ["vim_low_argmax"], ["vim_present"], sorted=1),
-            helper.make_node("Gather", [logits, "vim_present"], ["vim_selected"], axis=1),
-            helper.make_node("Shape", ["vim_present"], ["vim_k"]),
+            helper.make_node("ArgMax", [logits], ["vim_low_argmax"], axis=1, keepdims=0, name="vim_low_argmax"),
+            helper.make_node("Unique", ["vim_low_argmax"], ["vim_present"], sorted=1, name="vim_present"),
+            helper.make_node("Gather", [logits, "vim_present"], ["vim_selected"], axis=1, name="vim_selected"),
+            helper.make_node("Shape", ["vim_present"], ["vim_k"], name="vim_k"),
             helper.make_node("Concat", [const("vim_one", [1]), "vim_k", const("vim_hw", [height, width])],
-                             ["vim_sizes"], axis=0),
+                             ["vim_sizes"], axis=0, name="vim_sizes"),
             resize("vim_selected", "vim_sizes", "vim_upsampled"),
-            helper.make_node("ArgMax", ["vim_upsampled"], ["vim_winner"], axis=1, keepdims=0),
-            helper.make_node("Gather", ["vim_present", "vim_winner"], ["vim_labels64"], axis=0),
+            helper.make_node("ArgMax", ["vim_upsampled"], ["vim_winner"], axis=1, keepdims=0, name="vim_winner"),
+            helper.make_node("Gather", ["vim_present", "vim_winner"], ["vim_labels64"], axis=0, name="vim_labels64"),
         ]
     else:
         dims = [d.dim_value for d in graph.output[0].type.tensor_type.shape.dim]
         nodes = [
             resize(logits, const("full_sizes", [1, dims[1], height, width]), "full_upsampled"),
-            helper.make_node("ArgMax", ["full_upsampled"], ["vim_labels64"], axis=1, keepdims=0),
+            helper.make_node("ArgMax", ["full_upsampled"], ["vim_labels64"], axis=1, keepdims=0, name="vim_labels64"),
         ]
-    nodes.append(helper.make_node("Cast", ["vim_labels64"], [LABELS], to=TensorProto.INT32))
+    nodes.append(helper.make_node("Cast", ["vim_labels64"], [LABELS], to=TensorProto.INT32, name="vim_labels"))
     graph.node.extend(nodes)
     del graph.output[:]
     graph.output.append(helper.make_tensor_value_info(LABELS, TensorProto.INT32, [1, height, width]))
@@ -88,9 +88,21 @@ def load(spec: dict) -> Callable[[np.ndarray], np.ndarray]:
     return _Runner(Path(spec["artifact_dir"]) / ONNX_FILE, int(spec["threads"]))
 
 
+def _kernel_kind(event: dict) -> str:
+    """The operator type of a profiled node; the label tail's nodes (named ``vim_*``) are
+    ``VIM tail``, and a convolution whose weight is ``[C, 1, k, k]`` on C channels is
+    ``<op> depthwise``."""
+    if event["name"].startswith("vim_"):
+        return "VIM tail"
+    op = event["args"].get("op_name", "?")
+    shapes = [next(iter(s.values())) for s in event["args"].get("input_type_shape", [])]
+    depthwise = "Conv" in op and len(shapes) > 1 and len(shapes[1]) == 4 and shapes[1][1] == 1 < shapes[0][1]
+    return f"{op} depthwise" if depthwise else op
+
+
 class _Runner:
     """A CPU session (all graph optimizations, ``threads`` intra-op, 1 inter-op); ``profile``
-    gives ONNX Runtime's own per-node timings, summed by operator type."""
+    gives ONNX Runtime's own per-node timings, summed by operator type (``_kernel_kind``)."""
 
     def __init__(self, path: Path, threads: int) -> None:
         self._path, self._threads = path, threads
@@ -125,7 +137,7 @@ class _Runner:
         for event in events:
             if (event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time")
                     and event["ts"] >= first["ts"] + first["dur"]):
-                entry = totals.setdefault(event["args"].get("op_name", "?"), [0, 0.0])
+                entry = totals.setdefault(_kernel_kind(event), [0, 0.0])
                 entry[0] += 1
                 entry[1] += event["dur"] / 1e3  # microseconds
         trace.unlink(missing_ok=True)

@@ -19,16 +19,17 @@ from pipeline.common.tvm_log import quiet_tvm
 from pipeline.compile.artifact import LIBRARY, cached, verify
 
 
-def host_target(threads: int) -> dict:
-    """The host profile's target as ``make tune DEVICE=host`` builds it (``rpc.connect``)."""
+def host_config(threads: int):  # noqa: ANN201 - rpc.linkers.BuildConfig
+    """The host profile's build settings as ``make tune DEVICE=host`` has them (``rpc.connect``)."""
     from rpc.linkers import build_config
 
-    return build_config("host", mode="local", threads=threads, check_linker=False).target
+    return build_config("host", mode="local", threads=threads, check_linker=False)
 
 
 def prepare(spec: dict) -> dict:
     from model.weights import load_model
     from pipeline.compile.build import build_library, build_spec, network_module, write_library
+    from pipeline.compile.passes import GraphOptions
     from pipeline.tune.workdir import WorkDir
 
     out = Path(spec["artifact_dir"])
@@ -37,8 +38,8 @@ def prepare(spec: dict) -> dict:
     if work and digest is None:
         raise FileNotFoundError(f"no MetaSchedule database in {work.path}")
     model = load_model(spec["model"], spec["checkpoint"])
-    build = build_spec(spec["model"], model, tuple(spec["input_size"]), "host", host_target(int(spec["threads"])),
-                       Path(spec["checkpoint"]))
+    build = build_spec(spec["model"], model, tuple(spec["input_size"]), host_config(int(spec["threads"])),
+                       Path(spec["checkpoint"]), graph=GraphOptions(**spec.get("graph", {})))
     info = {"files": [LIBRARY], "counts": "model.so (weights inside)"}
     meta = cached(out, build)
     if meta is not None and meta.get("database_sha256") == digest:

@@ -1,0 +1,152 @@
+"""Channel-blocked layout: the network's convolutions run on ``NCHW[b]c`` tensors (``b``
+channels innermost, one vector register's worth: the device profile's ``channel_block``),
+the way ONNX Runtime's MLAS blocks them, so that MetaSchedule vectorizes over channels.
+
+``blocked_layout_passes(b)`` are Relax passes run before TVM's CPU pipeline:
+
+1. ``clip`` becomes ``maximum``/``minimum``: ``clip`` has no layout inference in TVM 0.27,
+   so every relu6, hardswish and hard sigmoid would be wrapped in layout transforms.
+2. ``ConvertLayout`` with a layout per call (``conv_kind``): dense and depthwise
+   convolutions whose channels fill blocks go blocked, those with too few input channels
+   (the 3-channel stem, SE expansions) read NCHW and write blocked, the rest stay NCHW.
+   Element-wise ops, ``mean`` and ``concat`` follow; ``reshape`` and ``matmul`` (the Sea
+   attention) get their inputs back in NCHW.
+3. ``resize2d`` on the blocked tensor (ConvertLayout unblocks its input, TOPI's resize takes
+   ``NCHW[b]c``), and a transform that undoes the one before it is dropped.
+4. Duplicate transforms (ConvertLayout emits one per use) are merged.
+5. Blocked convolutions are legalized to ``schedules.blocked_conv``'s computes; then the
+   weights' layout transforms are folded at compile time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import tvm
+from tvm import relax
+
+from schedules.blocked_conv import CONV2D, legalize_conv2d
+
+
+def _op(expr: relax.Expr, name: str) -> bool:
+    return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == name
+
+
+def _function_pass(mutator: type, name: str) -> tvm.transform.Pass:
+    """A module pass applying ``mutator`` to every Relax function."""
+    @tvm.transform.module_pass(opt_level=0, name=name)
+    def run(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        rewriter = mutator(mod)
+        for gv, func in mod.functions.items():
+            if isinstance(func, relax.Function):
+                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+        return rewriter.builder_.get()
+
+    return run
+
+
+@relax.expr_functor.mutator
+class _ClipToMaxMin(relax.PyExprMutator):
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = self.visit_expr_post_order(call)
+        if not _op(call, "relax.clip"):
+            return call
+        x, lo, hi = call.args
+        out = x
+        for bound, op in ((lo, relax.op.maximum), (hi, relax.op.minimum)):
+            value = float(getattr(bound.value, "value", bound.value))  # a number or an IntImm/FloatImm
+            if not math.isinf(value):
+                out = op(out, relax.const(value, str(x.ty.dtype)))
+        return out
+
+
+def clip_to_max_min() -> tvm.transform.Pass:
+    """``clip(x, lo, hi)`` -> ``minimum(maximum(x, lo), hi)`` (an infinite bound dropped)."""
+    return _function_pass(_ClipToMaxMin, "ClipToMaxMin")
+
+
+def conv_kind(call: relax.Call, block: int) -> str:
+    """How a conv2d runs with channel block ``block``: ``dense`` or ``depthwise`` (blocked in
+    and out), ``widen`` (too few input channels for a block: NCHW in, blocked out) or
+    ``plain`` (NCHW, e.g. a convolution to 4 or 150 channels)."""
+    attrs = call.attrs
+    if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCHW", "OIHW", "NCHW"):
+        return "plain"
+    c = int(call.args[0].ty.shape[1])
+    o, i = (int(call.args[1].ty.shape[k]) for k in (0, 1))
+    if o % block:
+        return "plain"
+    if attrs.groups == 1:
+        return "dense" if c % block == 0 else "widen"
+    return "depthwise" if attrs.groups == c == o and i == 1 else "plain"
+
+
+def conv_layouts(block: int) -> Callable[[relax.Call], dict[str, list[str]]]:
+    """ConvertLayout's per-call callback: data, kernel and output layout of each conv2d."""
+    b = block
+    layouts = {
+        "dense": [f"NCHW{b}c", f"OIHW{b}i{b}o", f"NCHW{b}c"],
+        "depthwise": [f"NCHW{b}c", f"OIHW1i{b}o", f"NCHW{b}c"],
+        "widen": ["NCHW", f"OIHW{b}o", f"NCHW{b}c"],
+        "plain": ["NCHW", "OIHW", "NCHW"],  # explicit, so that a blocked input is unblocked
+    }
+
+    def desired(call: relax.Call) -> dict[str, list[str]]:
+        return {CONV2D: layouts[conv_kind(call, block)]} if call.op.name == CONV2D else {}
+
+    return desired
+
+
+def _undoes(inner: relax.Call, outer: relax.Call) -> bool:
+    """Whether layout_transform ``outer`` maps ``inner``'s output back to its input."""
+    first, second = inner.attrs.index_map, outer.attrs.index_map
+    analyzer = tvm.sym.Analyzer()
+    for var, extent in zip(first.initial_indices, inner.args[0].ty.shape, strict=True):
+        analyzer.bind(var, tvm.ir.Range(0, extent))
+    back = second.map_indices(first.map_indices(list(first.initial_indices)))
+    return len(back) == len(first.initial_indices) and all(
+        analyzer.can_prove_equal(b, v) for b, v in zip(back, first.initial_indices, strict=True))
+
+
+@relax.expr_functor.mutator
+class _BlockedResize(relax.PyExprMutator):
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = self.visit_expr_post_order(call)
+        arg = call.args[0] if call.args and isinstance(call.args[0], relax.Var) else None
+        producer = self.lookup_binding(arg) if arg is not None else None
+        if not _op(producer, "relax.layout_transform"):
+            return call
+        if _op(call, "relax.layout_transform") and _undoes(producer, call):
+            return producer.args[0]
+        blocked = producer.args[0]
+        if _op(call, "relax.image.resize2d") and call.attrs.layout == "NCHW" and len(blocked.ty.shape) == 5:
+            a = call.attrs
+            resized = self.builder_.emit(relax.op.image.resize2d(
+                blocked, call.args[1], roi=[float(r) for r in a.roi], layout=f"NCHW{int(blocked.ty.shape[4])}c",
+                method=a.method, coordinate_transformation_mode=a.coordinate_transformation_mode,
+                rounding_method=a.rounding_method, cubic_alpha=a.cubic_alpha, cubic_exclude=a.cubic_exclude,
+                extrapolation_value=a.extrapolation_value))
+            return relax.op.layout_transform(resized, producer.attrs.index_map)
+        return call
+
+
+def blocked_resize() -> tvm.transform.Pass:
+    """``resize2d`` of a tensor that was just unblocked resizes the blocked one and unblocks
+    after; a layout_transform that undoes the one before it is dropped."""
+    return _function_pass(_BlockedResize, "BlockedResize")
+
+
+def blocked_layout_passes(block: int) -> list[tvm.transform.Pass]:
+    """The passes, in order, that put the convolutions in ``NCHW{block}c``."""
+    return [
+        clip_to_max_min(),
+        relax.transform.ConvertLayout({}, layout_cb=conv_layouts(block)),
+        relax.transform.Normalize(),
+        blocked_resize(),
+        relax.transform.EliminateCommonSubexpr(),
+        relax.transform.CanonicalizeBindings(),
+        relax.transform.DeadCodeElimination(),
+        relax.transform.LegalizeOps(customize_legalize_map={CONV2D: legalize_conv2d}),
+        relax.transform.FoldConstant(),
+    ]
