@@ -29,8 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.bench.engines import ENGINES
+from pipeline.bench.engines import ENGINES, TUNED
 from pipeline.common.paths import BENCH_WORK, REF_PYTHON, REFERENCE, RESULTS, ROOT, TUNING, relative
+from pipeline.compile.passes import GraphOptions
 from pipeline.tune.workdir import WorkDir
 
 REFERENCE_ENGINE = "torch"  # label maps are compared with PyTorch eager's
@@ -63,10 +64,11 @@ class Settings:
     load_timeout: float = 600.0
     warmup: int = 3
 
-    @property
-    def tuning(self) -> WorkDir:
-        """``make tune DEVICE=host``'s work directory for this model, size and thread count."""
-        return WorkDir.of(self.model, "host", self.input_size, self.threads, self.tuning_root)
+    def tuning(self, engine: str = "tvm-tuned") -> WorkDir:
+        """``make tune DEVICE=host``'s work directory for this model, size, thread count and the
+        tuned engine's graph options."""
+        variant = GraphOptions(**TUNED[engine]).suffix
+        return WorkDir.of(self.model, "host", self.input_size, self.threads, self.tuning_root, variant)
 
 
 class Worker:
@@ -160,16 +162,19 @@ def engine_spec(engine: str, s: Settings, work: Path) -> dict:
             "input_path": str(work / "input.npy"), "labels_path": str(work / f"labels-{engine}.npy")}
     if engine == "paddle":
         spec["backend"] = s.paddle_backend
-    if engine == "tvm-tuned":
-        spec["tuning_dir"] = str(s.tuning.path)
+    if engine in TUNED:
+        spec["tuning_dir"] = str(s.tuning(engine).path)
+        spec["graph"] = TUNED[engine]
     return spec
 
 
-def tuned_database_note(s: Settings) -> str | None:
-    """Why ``tvm-tuned`` is not measured (no database), else None."""
-    if s.tuning.database_digest() is None:
-        return (f"not measured: no MetaSchedule database in {relative(s.tuning.path)} "
-                f"(`make tune MODEL={s.model} INPUT={s.input_size[0]}x{s.input_size[1]} THREADS={s.threads}` "
+def tuned_database_note(s: Settings, engine: str) -> str | None:
+    """Why a tuned engine is not measured (no database), else None."""
+    work = s.tuning(engine)
+    if work.database_digest() is None:
+        layout = " LAYOUT=nchw" if TUNED[engine].get("blocked") is False else ""
+        return (f"not measured: no MetaSchedule database in {relative(work.path)} "
+                f"(`make tune MODEL={s.model} INPUT={s.input_size[0]}x{s.input_size[1]} THREADS={s.threads}{layout}` "
                 "creates it)")
     return None
 
@@ -210,7 +215,7 @@ def _size_mb(directory: Path, files: list[str]) -> float:
 
 def run_bench(s: Settings, log: Callable[[str], None] = print) -> dict:
     """Prepare, load, time in rounds, measure memory; returns the results (see ``pipeline.bench.report``)."""
-    work = s.work / f"{s.tuning.path.name}-t{s.threads}"
+    work = s.work / s.tuning().path.name
     env = worker_env(s.threads)
     per_round = max(1, math.ceil(s.repeat / max(s.rounds, 1)))
     rounds = math.ceil(s.repeat / per_round)
@@ -227,17 +232,11 @@ def run_bench(s: Settings, log: Callable[[str], None] = print) -> dict:
         log(f"error: {engine}: {rows[engine]['error']}")
 
     # (1) prepare, one process per engine
-    skip = tuned_database_note(s) if "tvm-tuned" in rows else None
-    if skip:
-        rows["tvm-tuned"]["note"] = skip
-        log(f"tvm-tuned: {skip}")
-    report = s.tuning.report()
-    if "tvm-tuned" in rows and not skip and report:
-        tuned_threads = report.get("threads")
-        if tuned_threads != s.threads:
-            rows["tvm-tuned"]["note"] = (f"database tuned at {tuned_threads} thread(s) "
-                                         f"({relative(s.tuning.report_path)}), built and run here at {s.threads}")
-    active = [e for e in s.engines if not (e == "tvm-tuned" and skip)]
+    skipped = {e: note for e in rows if e in TUNED and (note := tuned_database_note(s, e))}
+    for engine, note in skipped.items():
+        rows[engine]["note"] = note
+        log(f"{engine}: {note}")
+    active = [e for e in s.engines if e not in skipped]
     if "paddle" in active and not s.ref_python.is_file():
         fail("paddle", EngineError(f"{s.ref_python} missing: `make reference` builds the PaddleSeg environment"))
         active.remove("paddle")
@@ -353,11 +352,12 @@ def _agreement(rows: dict[str, dict], work: Path, active: list[str]) -> None:
 
 def _tuning_summary(s: Settings) -> dict | None:
     """What the tuning report says about the tuned kernels (for the targets' discussion)."""
-    report = s.tuning.report()
+    work = s.tuning()
+    report = work.report()
     if not report:
         return None
     tasks = report.get("tasks", [])
-    return {"report": relative(s.tuning.report_path), "threads": report.get("threads"), "trials": report.get("trials"),
+    return {"report": relative(work.report_path), "threads": report.get("threads"), "trials": report.get("trials"),
             "date": report.get("date"), "tuned_median_ms": report.get("tuned", {}).get("median_ms"),
             "tasks": len(tasks), "tasks_tuned": sum(1 for t in tasks if t.get("tuned")),
             # per task: calls, untuned and tuned ms as `make tune` measured them, trials spent

@@ -10,7 +10,8 @@ from pathlib import Path
 from pipeline.common.files import atomic_path
 
 NAMES = {"torch": "PyTorch eager", "onnxruntime": "ONNX Runtime", "paddle": "Paddle Inference",
-         "tvm-untuned": "TVM untuned", "tvm-tuned": "TVM tuned"}
+         "tvm-untuned": "TVM untuned", "tvm-tuned": "TVM tuned",
+         "tvm-tuned-nchw": "TVM tuned, NCHW graph (blocked layout off)"}
 BACKENDS = {"onednn": "oneDNN", "native": "no oneDNN"}
 # The targets (reported, never asserted).
 TUNED_VS_ORT = 0.8

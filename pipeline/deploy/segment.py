@@ -15,6 +15,7 @@ import numpy as np
 from model.image import colorize, read_image
 from pipeline.common.errors import message_line
 from pipeline.common.outputs import overlay, save_together
+from pipeline.common.progress import progress_bar
 from pipeline.deploy.runtime import CompiledSegmenter
 
 # What a directory scan picks up (compared in lower case): the extensions of the formats Pillow
@@ -144,15 +145,9 @@ def segment_all(seg: CompiledSegmenter, jobs: Sequence[Job], progress: bool = Tr
     """Segment every job with the one loaded library, with a progress bar on stderr. A file that
     cannot be read or written (ValueError, OSError: how the project reports bad input) is
     reported as ``error: <file>: <reason>`` and skipped; any other error stops the run."""
-    from tqdm import tqdm
-
     outcome = Outcome(total=len(jobs))
-    # Updated by hand, not iterated: an iterating bar closes itself (leaving its line) as soon
-    # as an exception leaves the loop, before it could be told to clear instead.
-    bar = tqdm(total=len(jobs), desc="segment", unit="img", file=sys.stderr, disable=not progress,
-               dynamic_ncols=True)
     start = time.perf_counter()
-    try:
+    with progress_bar(len(jobs), "segment", progress) as bar:
         for job in jobs:
             try:
                 segment_image(seg, job)
@@ -162,10 +157,5 @@ def segment_all(seg: CompiledSegmenter, jobs: Sequence[Job], progress: bool = Tr
                 outcome.failed.append((job.image, reason))
                 bar.write(f"error: {job.image}: {reason}", file=sys.stderr)  # above the bar, not through it
             bar.update(1)
-    except BaseException:
-        bar.leave = False  # the error line alone, not a half-finished bar above it
-        raise
-    finally:
-        bar.close()
     outcome.seconds = time.perf_counter() - start
     return outcome

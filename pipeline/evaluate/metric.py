@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
 import numpy as np
 
 from model.image import read_image
+from pipeline.common.progress import progress_bar
 from pipeline.evaluate.dataset import IGNORE_INDEX, NUM_CLASSES, Sample, read_annotation
 from pipeline.evaluate.predictors import Predict
 
@@ -88,14 +88,8 @@ class IoUAccumulator:
 def evaluate(samples: Sequence[Sample], predict: Predict, num_classes: int = NUM_CLASSES,
              progress: bool = True) -> IoUAccumulator:
     """Run ``predict`` on every image and accumulate its scores against the annotation."""
-    from tqdm import tqdm
-
     acc = IoUAccumulator(num_classes)
-    # Updated by hand, not iterated: an iterating bar closes itself (leaving its line) as
-    # soon as an exception leaves the loop, before it could be told to clear instead.
-    bar = tqdm(total=len(samples), desc="evaluate", unit="img", file=sys.stderr, disable=not progress,
-               dynamic_ncols=True)
-    try:
+    with progress_bar(len(samples), "evaluate", progress) as bar:
         for s in samples:
             label = read_annotation(s.annotation, num_classes)
             pred = predict(read_image(s.image))
@@ -104,9 +98,4 @@ def evaluate(samples: Sequence[Sample], predict: Predict, num_classes: int = NUM
             acc.update(pred, label)
             bar.set_postfix(mIoU=f"{acc.miou:.4f}", refresh=False)
             bar.update(1)
-    except BaseException:
-        bar.leave = False  # the error line alone, not a half-finished bar above it
-        raise
-    finally:
-        bar.close()
     return acc

@@ -17,4 +17,12 @@ ENGINES: dict[str, tuple[str, bool]] = {
     "paddle": ("pipeline.bench.engines.paddle_engine", True),
     "tvm-untuned": ("pipeline.bench.engines.tvm_engine", False),
     "tvm-tuned": ("pipeline.bench.engines.tvm_engine", False),
+    "tvm-tuned-nchw": ("pipeline.bench.engines.tvm_engine", False),
+}
+# The tuned TVM engines: their graph options (``pipeline.compile.passes.GraphOptions`` fields;
+# the shipped defaults, then each lever turned off), each with the database `make tune` made
+# with those options.
+TUNED: dict[str, dict[str, bool]] = {
+    "tvm-tuned": {},
+    "tvm-tuned-nchw": {"blocked": False},
 }
