@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +62,9 @@ def test_host_tune_produces_agreeing_libraries_and_report(host_run):
     assert report["checks"]["tuned_vs_untuned"]["differ_outside_ties"] == 0
     assert sum(t["trials"] for t in report["tasks"]) == report["trials"]
     assert Path(report["work_dir"]).name == "tiny-host-64x96-t1" and result.artifact.name == "tuned-tiny-host-64x96-t1"
+    # The shipped graph is the blocked one, in the tasks tuned as in the libraries built.
+    assert any("nchwc" in t["task"] for t in report["tasks"])
+    assert re.fullmatch(r"NCHW\d+c", json.loads((result.artifact / "meta.json").read_text())["layout"])
     # The latency profile: every part of the network in both builds, and the ablation's two plain tails.
     parts = [r["part"] for r in report["profile"]]
     assert parts == ["stem_stage1", "stage2", "stage3", "sea1", "stage4", "sea2", "aam", "head", "tail",

@@ -53,13 +53,17 @@ def import_network(model, input_shape: tuple[int, int, int, int], frontend: str,
     raise ValueError(f"unknown frontend {frontend!r}; choose one of {', '.join(FRONTENDS)}")
 
 
-def network_module(model, spec: BuildSpec, onnx_path: Path) -> tvm.IRModule:  # noqa: ANN001 - nn.Module
-    """``main(x) -> labels`` and ``logits(x)`` for ``spec`` (its frontend, shape and tail),
-    after the graph passes."""
-    module = compose(import_network(model, spec.input_shape, spec.frontend, onnx_path), spec.input_shape,
-                     spec.upsample)
+def with_tail(network: tvm.IRModule, spec: BuildSpec, upsample: Upsample | None = None) -> tvm.IRModule:
+    """``main(x) -> labels`` and ``logits(x)`` around an imported network: ``spec``'s tail (or
+    ``upsample``), then ``spec``'s graph passes."""
     with quiet_tvm():
+        module = compose(network, spec.input_shape, upsample or spec.upsample)
         return rewrite(module, spec.graph, spec.channel_block)
+
+
+def network_module(model, spec: BuildSpec, onnx_path: Path) -> tvm.IRModule:  # noqa: ANN001 - nn.Module
+    """The module a library of ``spec`` is built from: imported, tail, graph passes."""
+    return with_tail(import_network(model, spec.input_shape, spec.frontend, onnx_path), spec)
 
 
 def build_spec(variant: str, model, input_size: tuple[int, int], config: BuildConfig,  # noqa: ANN001

@@ -167,6 +167,14 @@ def profile_table(rows: list[dict], untuned_ms: float, tuned_ms: float) -> list[
     return lines
 
 
+def _log_axis(axis) -> None:  # noqa: ANN001 - a matplotlib Axis
+    """Plain numbers on a log axis (not 9.15 x 10^0)."""
+    import matplotlib.ticker
+
+    axis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    axis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+
+
 def _paired_bars(ax, labels: list[str], untuned: list[float], tuned: list[float], title: str) -> None:  # noqa: ANN001
     """Untuned and tuned side by side on a log axis, so both can be read."""
     y = range(len(labels))
@@ -175,6 +183,7 @@ def _paired_bars(ax, labels: list[str], untuned: list[float], tuned: list[float]
     ax.set_yticks(list(y), labels, fontsize=6)
     ax.invert_yaxis()
     ax.set_xscale("log")
+    _log_axis(ax.xaxis)
     ax.set(xlabel="ms (log scale)", title=title)
     ax.legend(fontsize=7)
 
@@ -195,6 +204,7 @@ def _plot(report: dict, path: Path) -> None:
     bars = ax1.bar(list(builds), list(builds.values()), color=["#999999", "#1f77b4", "#ff7f0e"][: len(builds)])
     ax1.bar_label(bars, [f"{v:.1f} ms" for v in builds.values()], fontsize=8)
     ax1.set_yscale("log")
+    _log_axis(ax1.yaxis)
     ax1.set(ylabel="end-to-end median, ms (log scale)", title=f"{_device(report).split(' (')[0]}"
             f"{' (emulated)' if report['emulated'] else ''}: {report['speedup']:.1f}x faster tuned")
     _paired_bars(ax2, [r["task"][:40] for r in rows], [r["untuned_ms"] * r["calls"] for r in rows],
@@ -209,6 +219,7 @@ def _plot(report: dict, path: Path) -> None:
         x, y = zip(*curve["end_to_end_ms"], strict=True)
         ax4.plot(x, y, "o--", label="end to end (measured at the end of each run)")
         ax4.set_yscale("log")
+        _log_axis(ax4.yaxis)
         ax4.set(xlabel="trials in the database", ylabel="ms (log scale)", title="tuning curve")
         ax4.grid(True, which="both", alpha=0.3)
         ax4.legend(fontsize=7)

@@ -16,8 +16,7 @@ import numpy as np
 
 from pipeline.common.tvm_log import quiet_tvm
 from pipeline.compile.artifact import BuildSpec
-from pipeline.compile.build import ONNX_FILE, build_library, export, import_network, write_library
-from pipeline.compile.tail import compose
+from pipeline.compile.build import ONNX_FILE, build_library, export, import_network, with_tail, write_library
 from pipeline.tune.measure import time_main, time_tasks
 from pipeline.tune.progress import ProgressPrinter
 from pipeline.tune.signals import handling, request_stop
@@ -52,12 +51,11 @@ class Run:
 
 def import_modules(run: Run) -> dict[str, object]:
     """The shipped module and, with VIM, the ablation's (same network, plain tail)."""
-    shape = run.spec.input_shape
     with quiet_tvm():
-        network = import_network(run.model, shape, run.spec.frontend, run.work.path / ONNX_FILE)
-        modules = {"main": compose(network, shape, run.spec.upsample)}
-        if run.ablation:
-            modules["ablation"] = compose(network, shape, ABLATION_UPSAMPLE)
+        network = import_network(run.model, run.spec.input_shape, run.spec.frontend, run.work.path / ONNX_FILE)
+    modules = {"main": with_tail(network, run.spec)}
+    if run.ablation:
+        modules["ablation"] = with_tail(network, run.spec, ABLATION_UPSAMPLE)
     return modules
 
 
