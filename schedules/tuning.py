@@ -28,7 +28,7 @@ from tvm.ir.utils import derived_object
 from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.analysis import estimate_tir_flops
-from tvm.s_tir.meta_schedule.builder.local_builder import default_build
+from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
 
 from schedules.vim import HAND_SCHEDULED
@@ -293,16 +293,20 @@ def kill_workers() -> None:
 
 
 def _build_candidate(export: Callable, mod: tvm.IRModule, target: tvm.target.Target) -> str:
-    return export(default_build(mod, target, None))
+    """MetaSchedule's ``default_build`` without its import of every tensor intrinsic TVM
+    has (CUDA, ROCm, Hexagon...): 30 s in each new worker here, for a candidate whose
+    schedule is already applied. Float32 CPU kernels use none of them."""
+    return export(tvm.compile(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target))
 
 
 @derived_object
 class PooledBuilder(ms.builder.PyBuilder):
     """MetaSchedule's LocalBuilder, but with worker processes that outlive a batch.
     LocalBuilder starts a new pool for every batch, and a new worker took about 19 s to
-    build its first candidate here against 0.1 s for the next ones, so building was most
-    of the tuning time. Workers are still replaced after ``uses`` candidates, against the
-    worker memory growth that made LocalBuilder restart its pool."""
+    build its first candidate here (its import of TVM's tensor intrinsics, see
+    ``_build_candidate``) against 0.1 s for the next ones, so building was most of the
+    tuning time. Workers are still replaced after ``uses`` candidates, against the worker
+    memory growth that made LocalBuilder restart its pool."""
 
     def __init__(self, export: Callable, workers: int = 2, timeout_s: float = 60, uses: int = 100) -> None:
         self.export = export  # module -> path of the exported library

@@ -5,6 +5,7 @@ the device. ``pipeline.tune.job`` runs them; each takes the run's context."""
 from __future__ import annotations
 
 import functools
+import math
 import signal
 import threading
 import time
@@ -103,9 +104,14 @@ def _builder_export(linker: str, mod) -> str:  # noqa: ANN001
     return str(path)
 
 
+def _time(tasks: list, per_call_ms: dict[str, float]) -> dict[str, float]:
+    return {t.task_name: per_call_ms[t.task_name] * int(t.weight) for t in tasks}
+
+
 def heaviest(tasks: list, per_call_ms: dict[str, float], share: float = HEAVY_SHARE) -> list:
-    """The fewest tasks whose time (per-call ms times calls) makes up ``share`` of the total."""
-    time = {t.task_name: per_call_ms[t.task_name] * int(t.weight) for t in tasks}
+    """The fewest tasks whose time (per-call ms times calls) makes up ``share`` of the total,
+    heaviest first."""
+    time = _time(tasks, per_call_ms)
     ranked = sorted(tasks, key=lambda t: -time[t.task_name])
     total, chosen, held = sum(time.values()), [], 0.0
     for t in ranked:
@@ -116,37 +122,54 @@ def heaviest(tasks: list, per_call_ms: dict[str, float], share: float = HEAVY_SH
     return chosen
 
 
+def owing_first_round(tasks: list, done: dict[str, int], per_call_ms: dict[str, float]) -> list:
+    """The tasks with fewer than ``FIRST_ROUND`` records, heaviest first."""
+    time = _time(tasks, per_call_ms)
+    return sorted((t for t in tasks if done[t.task_name] < FIRST_ROUND), key=lambda t: -time[t.task_name])
+
+
 def phase_budgets(tasks: list, trials: int, done: dict[str, int]) -> tuple[int, int]:
-    """New trials for the round over every network kernel and for the heaviest kernels after
-    it. The round gets ``FIRST_ROUND`` candidates per kernel, the heaviest kernels what is left
-    of ``trials``; records already in the database count toward both, in that order."""
-    measured = sum(done[t.task_name] for t in tasks)
-    first = min(trials, FIRST_ROUND * len(tasks))
-    return max(first - measured, 0), max(trials - max(measured, first), 0)
+    """New trials for the first round (``FIRST_ROUND`` candidates for each task that has
+    fewer records) and for the heaviest kernels after it: what is left of ``trials`` once
+    the database's records for ``tasks`` are counted, first round first."""
+    left = max(trials - sum(done[t.task_name] for t in tasks), 0)
+    first = min(left, FIRST_ROUND * sum(done[t.task_name] < FIRST_ROUND for t in tasks))
+    return first, left - first
+
+
+def reachable(group: list, budget: int) -> list:
+    """The first tasks of ``group`` that ``budget`` gives a round of candidates: MetaSchedule
+    prepares every task it is given (about 0.7 s each) before the first measurement, so a
+    small budget is not spread over tasks it cannot reach."""
+    from schedules import tuning
+
+    return group[: math.ceil(budget / tuning.trials_per_round(budget, len(group)))] if budget else []
 
 
 def search(run: Run, tasks: list, untuned: dict[str, float], trials: int) -> None:
-    """MetaSchedule in two phases: one round over every kernel, then the kernels holding most
-    of the tuned time, up to ``trials`` records in all (those already in the database count).
-    Signals stop the search between batches; a device that does not come back stops it with
-    DeviceLost."""
+    """MetaSchedule in two phases: a first round for the kernels that have not had theirs,
+    heaviest first, then the kernels holding most of the tuned time, up to ``trials`` records
+    in all (those already in the database count). Signals stop the search between batches;
+    a device that does not come back stops it with DeviceLost."""
     from schedules import tuning
 
-    first, rest = phase_budgets(tasks, trials, run.work.trials_per_task(tasks))
+    done = run.work.trials_per_task(tasks)
+    first, rest = phase_budgets(tasks, trials, done)
     builder = tuning.PooledBuilder(functools.partial(_builder_export, run.device.config.linker))
     stop = threading.Event()
     progress = ProgressPrinter(run.log, run.t_start)
     runner = _runner(run, stop, progress)
 
     def phase(name: str, group: list, budget: int) -> None:
-        if group and budget:
+        group = reachable(group, budget)
+        if group:
             run.log(f"tuning the {len(group)} {name}: {budget} trials")
             progress.start(budget)
             tuning.tune(group, run.work.path, budget, builder=builder, runner=runner, on_update=progress.on_update)
 
     try:
         with quiet_tvm(), handling(request_stop(stop), signal.SIGINT, signal.SIGTERM):
-            phase("kernels (one round each)", tasks, first)
+            phase("kernels without a first round (one round each)", owing_first_round(tasks, done, untuned), first)
             phase("heaviest kernels", heaviest(tasks, {**untuned, **tuning.best_ms(tasks, run.work.path)}), rest)
     except BaseException as e:
         runner.abort()
