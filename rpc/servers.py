@@ -306,6 +306,23 @@ def _wait_registered(new: list[Record], tracker_port: int, timeout: float) -> No
         time.sleep(0.5)
 
 
+def restart_hung(server: tuple[str, int]) -> bool:
+    """Stop the local server listening at ``server`` and start it again with the same command,
+    waiting until it is registered. For a server that stopped answering handshakes: TVM's
+    server forks each session from a thread, and under qemu-user such a fork can hang,
+    leaving the server waiting on it for good (seen once in CI). False when no live server
+    of this module listens there (a remote device is never touched)."""
+    rec = next((r for r in _live("server") if (LOCAL_HOST, r.port) == (server[0], server[1])), None)
+    if rec is None or rec.tracker_port is None:
+        return False
+    _terminate(rec)
+    proc, log = _spawn(rec.name, rec.cmd, env={"TVM_NUM_THREADS": str(rec.threads)} if rec.threads else None)
+    new = Record(**{**asdict(rec), "pid": proc.pid, "log": str(log), "created": _created(proc.pid)})
+    _write(new)
+    _wait_registered([new], rec.tracker_port, EMULATED_READY_TIMEOUT if rec.emulated else HOST_READY_TIMEOUT)
+    return True
+
+
 def stop(name: str | None = None) -> list[str]:
     """Stop one recorded process by name (``tracker``, ``server-sd855-0``), every server of a
     key (``sd855``), or everything (None: servers first, then the tracker). Returns the

@@ -22,7 +22,7 @@ import numpy as np
 import psutil
 
 from rpc.devices import DeviceProfile, load_profile
-from rpc.servers import tracker_address
+from rpc.servers import restart_hung, tracker_address
 from rpc.tracker import RPCError, TrackerClient, env_seconds, tracker_timeout
 
 __all__ = ["RPCError", "RemoteSession", "Timing", "benchmark_on_device", "connect", "run_on_device",
@@ -285,6 +285,9 @@ def connect(key: str, tracker: str | tuple[str, int] | None = None, timeout: flo
             return RemoteSession(remote, key, (host, port), timeout)
         except RPCError as e:
             last = str(e)
+            if "no answer within" in last and restart_hung((host, port)):
+                deadline = time.monotonic() + wait  # a local server that hung was restarted: ask again
+                continue
             if "no answer within" in last or time.monotonic() > deadline:
                 raise
     raise RPCError(last)
