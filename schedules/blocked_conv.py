@@ -101,7 +101,8 @@ def legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     compute = _compute_for(attrs.data_layout, attrs.kernel_layout, int(blocked.group(1)))
     if compute is None:
         raise ValueError(f"no blocked conv2d for {attrs.data_layout} x {attrs.kernel_layout} -> {attrs.out_layout}")
-    out_dtype = str(attrs.out_dtype) if str(attrs.out_dtype) not in ("", "void") else str(call.ty.dtype)
+    # The ONNX importer leaves out_dtype unset (None), torch.export's sets it or "void".
+    out_dtype = str(attrs.out_dtype) if str(attrs.out_dtype) not in ("", "void", "None") else str(call.ty.dtype)
     return bb.call_te(compute, call.args[0], call.args[1], [int(s) for s in attrs.strides],
                       [int(p) for p in attrs.padding], [int(d) for d in attrs.dilation], out_dtype,
                       primfunc_name_hint=compute.__name__)
