@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.common.tvm_log import quiet_tvm
-from pipeline.compile.artifact import BuildSpec
+from pipeline.compile.artifact import BuildSpec, cached
 from pipeline.compile.build import ONNX_FILE, build_library, export, import_network, with_tail, write_library
 from pipeline.tune.measure import time_main, time_tasks
 from pipeline.tune.progress import ProgressPrinter
@@ -191,7 +191,8 @@ class Built:
 
 
 def build_artifacts(run: Run, modules: dict[str, object], extra: dict) -> dict[str, Built]:
-    """The untuned and tuned libraries (and the ablation's, tuned: its plain tail) as artifacts, by name.
+    """The untuned and tuned libraries (and the ablation's, tuned: its plain tail) as artifacts, by name;
+    an untuned library an earlier run left with the same inputs is reused.
     The tuned one is the run's output directory."""
     builds = {"untuned": ("main", None, run.out_dir / "untuned"), "tuned": ("main", run.work.path, run.out_dir)}
     if "ablation" in modules:
@@ -200,6 +201,9 @@ def build_artifacts(run: Run, modules: dict[str, object], extra: dict) -> dict[s
     built = {}
     for name, (module, database, directory) in builds.items():
         spec = run.spec if module == "main" else BuildSpec(**{**run.spec.__dict__, "upsample": ABLATION_UPSAMPLE})
+        if database is None and (meta := cached(directory, spec)) is not None:
+            built[name] = Built(directory, meta)  # an earlier run's: same inputs, same code and TVM
+            continue
         executable = build_library(modules[module], run.spec.target, database)
         meta = write_library(directory, spec, executable, run.device.config.linker,
                              {**extra, "tuned": database is not None, "database": str(database) if database else None,
