@@ -39,8 +39,9 @@ def env(tmp_path_factory):
 
 
 def _args(env: Path, trials: int, *extra: str) -> list[str]:
+    # No profile by part: these runs are about faults; tests/test_tune.py checks the profile.
     return [str(Path(sys.executable).with_name("ppmseg")), "tune", "--input-size", SIZE, "--trials", str(trials),
-            "--work-root", str(env / "work"), "--out-root", str(env / "build"), *extra]
+            "--no-profile", "--work-root", str(env / "work"), "--out-root", str(env / "build"), *extra]
 
 
 def _start(env: Path, name: str, trials: int, *extra: str) -> subprocess.Popen:
@@ -155,8 +156,10 @@ def test_sigkill_at_a_random_moment_then_resume(env):
     after = _records(env)
     assert after[: len(complete)] == complete and len(after) > len(complete)  # the count only grows
     _database(env)
-    report = json.loads((env / "build" / f"tuned-{TAG}" / "report.json").read_text())
+    artifact = env / "build" / f"tuned-{TAG}"
+    report = json.loads((artifact / "report.json").read_text())
     assert report["trials"] == len(after) == sum(t["trials"] for t in report["tasks"])
+    assert report["profile"] == [] and "Latency by part" not in (artifact / "report.md").read_text()  # --no-profile
 
 
 def test_killed_device_comes_back_and_tuning_goes_on(env):

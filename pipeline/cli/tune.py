@@ -35,10 +35,12 @@ from pipeline.tune.job import DEFAULT_TRIALS
 @click.option("--out-root", type=click.Path(file_okay=False, path_type=Path), help="Where the tuned artifacts "
               "go (default: ./build).")
 @graph_options
+@click.option("--profile/--no-profile", default=True, show_default=True, help="Time every part of the network "
+              "untuned and tuned for the report (two more builds).")
 @click.option("--list", "list_only", is_flag=True, help="List the tuning work directories and stop.")
 def tune(model_name: str, device: str, tracker: str | None, trials: int | None, input_size: str | None,
          threads: int | None, weights: Path | None, device_wait: float | None, work_root: Path | None,
-         out_root: Path | None, graph, list_only: bool) -> None:  # noqa: ANN001
+         out_root: Path | None, graph, profile: bool, list_only: bool) -> None:  # noqa: ANN001
     """Tune the model's kernels with MetaSchedule on a device, build untuned and tuned
     libraries, check they agree, measure both and write the report.
 
@@ -57,7 +59,7 @@ def tune(model_name: str, device: str, tracker: str | None, trials: int | None, 
         return
     given = {"trials": trials, "device_wait": device_wait}
     req = TuneRequest(model=model_name, device=device, tracker=tracker, threads=threads, weights=weights,
-                      graph=graph, input_size=parse_size(input_size) if input_size else (512, 512),
+                      graph=graph, profile=profile, input_size=parse_size(input_size) if input_size else (512, 512),
                       **{k: v for k, v in given.items() if v is not None})
     # The weights note comes once the run holds its work directory (a refused run prints one line).
     result = run_tune(req, log=click.echo, work_root=work_root, out_root=out_root,

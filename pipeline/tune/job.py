@@ -38,6 +38,7 @@ class TuneRequest:
     upsample: str = "vim"
     device_wait: float = DEVICE_WAIT  # seconds to wait for a lost device before stopping
     graph: GraphOptions = SHIPPED  # the graph passes (a work directory of their own unless default)
+    profile: bool = True  # the latency profile by part of the network (two more builds)
 
     def command(self, threads: int) -> str:
         """The make command that repeats this run."""
@@ -120,8 +121,10 @@ def _tune_and_report(req: TuneRequest, device, work: WorkDir, out_dir: Path,  # 
     timings, labels = steps.measure(run, built, x, repeat)
     checks = steps.check(built["tuned"].meta, labels, x, weights)
     tuned_tasks = time_tasks(device, tasks, work.path, work.library_path("tasks-tuned"))
-    log("profiling the network part by part (untuned and tuned)")
-    parts = profile_parts(device, model, x, spec, work)
+    parts = []
+    if req.profile:
+        log("profiling the network part by part (untuned and tuned)")
+        parts = profile_parts(device, model, x, spec, work)
 
     curve = tuning_curve(tasks, work, untuned, timings)
     report = tuning_report(run, req, tasks, timings, checks, untuned, tuned_tasks, parts, k_present, before, curve)
