@@ -5,10 +5,13 @@ compiled for a target (with a tuning database or without) and written as an arti
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import tvm
 
@@ -20,6 +23,8 @@ from pipeline.compile.passes import SHIPPED, GraphOptions, rewrite
 from pipeline.compile.tail import Upsample, compose, effective_upsample
 from rpc.linkers import BuildConfig, build_config, fcompile_for
 from schedules import tuning
+
+T = TypeVar("T")
 
 FRONTENDS = ("torch", "onnx")
 ONNX_FILE = "model.onnx"
@@ -84,6 +89,15 @@ def build_library(module: tvm.IRModule, target: dict, database: Path | None = No
     its best measured schedule (``schedules.tuning.build``)."""
     with quiet_tvm():
         return tuning.build(module, tvm.target.Target(target), database)
+
+
+def in_parallel(jobs: dict[str, Callable[[], T]]) -> dict[str, T]:
+    """Independent builds at once, one thread per core (TVM and the linker release the GIL:
+    two Tiny builds took 9.0 s together against 8.7 s for one). Results by name."""
+    workers = max(1, min(len(jobs), len(os.sched_getaffinity(0))))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {name: pool.submit(job) for name, job in jobs.items()}
+    return {name: f.result() for name, f in futures.items()}
 
 
 def export(executable: tvm.runtime.Executable, path: str | Path, linker: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -115,7 +116,7 @@ def profile_parts(device, model: PPMobileSeg, x: np.ndarray, spec, work, number:
     parts go through the graph passes of ``spec`` (the network's ``BuildSpec``), so that their
     kernels are the network's."""
     from pipeline.common.tvm_log import quiet_tvm
-    from pipeline.compile.build import build_library, export
+    from pipeline.compile.build import build_library, export, in_parallel
     from pipeline.compile.fold import fold_batchnorm
     from pipeline.compile.passes import rewrite
     from rpc.session import connect
@@ -133,14 +134,19 @@ def profile_parts(device, model: PPMobileSeg, x: np.ndarray, spec, work, number:
     names = [p.name for p in network_parts(folded) if p.module is not None] + list(tails)
     with quiet_tvm():
         mod = rewrite(profiling_module(folded, inputs, spec.input_size, tails), spec.graph, spec.channel_block)
+
+    def build(name: str, database: Path | None) -> Path:
+        path = work.library_path(f"profile-{name}")
+        export(build_library(mod, device.config.target, database), path, device.config.linker)
+        return path
+
+    libraries = in_parallel({"untuned": lambda: build("untuned", None), "tuned": lambda: build("tuned", work.path)})
     times = {}
     with connect(device.key, device.tracker) as session:
         session.set_threads(device.threads)
-        for build, database in (("untuned", None), ("tuned", work.path)):
-            path = work.library_path(f"profile-{build}")
-            export(build_library(mod, device.config.target, database), path, device.config.linker)
+        for name, path in libraries.items():
             session.load(path)
-            times[build] = time_parts(
+            times[name] = time_parts(
                 lambda f, args: session.benchmark(args, f, number=1 if device.emulated else number,
                                                   repeat=repeat).median_ms, names, inputs)
     return [{"part": n, "label": labels[n], "untuned_ms": times["untuned"][n], "tuned_ms": times["tuned"][n]}

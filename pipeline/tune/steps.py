@@ -17,7 +17,15 @@ import numpy as np
 
 from pipeline.common.tvm_log import quiet_tvm
 from pipeline.compile.artifact import BuildSpec, cached
-from pipeline.compile.build import ONNX_FILE, build_library, export, import_network, with_tail, write_library
+from pipeline.compile.build import (
+    ONNX_FILE,
+    build_library,
+    export,
+    import_network,
+    in_parallel,
+    with_tail,
+    write_library,
+)
 from pipeline.tune.measure import time_main, time_tasks
 from pipeline.tune.progress import ProgressPrinter
 from pipeline.tune.signals import handling, request_stop
@@ -198,18 +206,17 @@ def build_artifacts(run: Run, modules: dict[str, object], extra: dict) -> dict[s
     if "ablation" in modules:
         builds["tuned-interpolate"] = ("ablation", run.work.path, run.out_dir / "interpolate")
     trials = run.work.measured_trials()
-    built = {}
-    for name, (module, database, directory) in builds.items():
+
+    def build(module: str, database: Path | None, directory: Path) -> Built:
         spec = run.spec if module == "main" else BuildSpec(**{**run.spec.__dict__, "upsample": ABLATION_UPSAMPLE})
         if database is None and (meta := cached(directory, spec)) is not None:
-            built[name] = Built(directory, meta)  # an earlier run's: same inputs, same code and TVM
-            continue
+            return Built(directory, meta)  # an earlier run's: same inputs, same code and TVM
         executable = build_library(modules[module], run.spec.target, database)
-        meta = write_library(directory, spec, executable, run.device.config.linker,
-                             {**extra, "tuned": database is not None, "database": str(database) if database else None,
-                              "trials": trials if database else 0})
-        built[name] = Built(directory, meta)
-    return built
+        return Built(directory, write_library(directory, spec, executable, run.device.config.linker, {
+            **extra, "tuned": database is not None, "database": str(database) if database else None,
+            "trials": trials if database else 0}))
+
+    return in_parallel({name: functools.partial(build, *b) for name, b in builds.items()})
 
 
 def measure(run: Run, built: dict[str, Built], x: np.ndarray, repeat: int) -> tuple[dict, dict]:
