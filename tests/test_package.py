@@ -129,6 +129,7 @@ def test_host_bundle_runs_and_equals_python_runtime(host_artifact, photo, tmp_pa
     assert np.array_equal(read_pgm(tmp_path / "direct.pgm"), expected)
     readme = (root / "README.txt").read_text()
     assert "x86_64 Linux" in readme and "glibc >=" in readme
+    assert "--input photos/ -o out/" in readme  # the folder form is on the bundle's own page
 
 
 def test_aarch64_bundle_under_qemu_equals_pytorch(a64_artifact, photo, aarch64_sysroot, tmp_path):

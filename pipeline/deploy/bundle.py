@@ -295,6 +295,8 @@ def readme(meta: dict, toolchain: Toolchain, files: list[str], versions: dict[st
             "  ppmseg-bundle/run.sh --input photo.ppm -o labels.pgm [--color color.ppm]\n"
             "  ppmseg-bundle/run.sh --raw x.bin -o labels.pgm       (float32 [1,3,H,W], no header)\n"
             "  ppmseg-bundle/run.sh --raw x.bin --bench 50          (median and p90 latency)\n"
+            "  ppmseg-bundle/run.sh --input photos/ -o out/         (every *.ppm of a folder, library\n"
+            "                                                        loaded once: out/<name>.pgm)\n"
             "Input images are binary PPM (P6): e.g. `convert photo.jpg photo.ppm` or Pillow's "
             "Image.save('photo.ppm').\n"
             "The label map is a PGM (P5), class ids as grey levels. TVM_NUM_THREADS=1 runs one "
