@@ -7,6 +7,12 @@ layout have channel chunk cannot be legalized by TOPI at this moment"). TOPI's
 ``conv2d_NCHWc`` folds the input channels into one axis split by div/mod; these keep chunk
 and lane as separate reduction axes, which MetaSchedule tiles cleanly, and sum in the same
 order as the NCHW kernels (the logits are bitwise equal).
+
+Each compute carries a ``schedule_rule`` annotation, so MetaSchedule designs its candidates
+with ``schedule_blocked_conv`` (a template with tunable tile sizes, registered below) instead
+of its generic multi-level tiling, which splits the channel lane axis like any other and
+rarely leaves it whole and innermost for the vector unit: with 32 candidates each, the
+template's best was 2.8x (a 1x1) and 4.2x (a stride-2 depthwise) faster here.
 """
 
 from __future__ import annotations
@@ -15,9 +21,16 @@ import re
 from collections.abc import Sequence
 
 import tvm
+import tvm_ffi
 from tvm import relax, te, topi
+from tvm.s_tir.schedule import LoopRV, SBlockRV, Schedule
 
 CONV2D = "relax.nn.conv2d"
+SCHEDULE_RULE = "ppmseg_blocked_conv"
+_ANNOTATION = {"schedule_rule": SCHEDULE_RULE}
+# Largest register tile MetaSchedule may sample per axis (output blocks, rows, columns);
+# their product is the number of vector accumulators.
+MAX_TILE = {"o": 4, "y": 4, "x": 16}
 
 
 def _padded(data: te.Tensor, kh: int, kw: int, strides: Sequence[int], padding: Sequence[int],
@@ -47,7 +60,7 @@ def conv2d_nchwc(data: te.Tensor, kernel: te.Tensor, strides: Sequence[int], pad
         lambda n, o, y, x, v: te.sum(
             pad[n, rc, y * sh + ry * dh, x * sw + rx * dw, rb].astype(out_dtype)
             * kernel[o, rc, ry, rx, rb, v].astype(out_dtype), axis=[rc, ry, rx, rb]),
-        name="conv2d_NCHWc")
+        name="conv2d_NCHWc", attrs=_ANNOTATION)
 
 
 def depthwise_conv2d_nchwc(data: te.Tensor, kernel: te.Tensor, strides: Sequence[int], padding: Sequence[int],
@@ -63,7 +76,7 @@ def depthwise_conv2d_nchwc(data: te.Tensor, kernel: te.Tensor, strides: Sequence
         lambda b, c, y, x, v: te.sum(
             pad[b, c, y * sh + ry * dh, x * sw + rx * dw, v].astype(out_dtype)
             * kernel[c, 0, ry, rx, 0, v].astype(out_dtype), axis=[ry, rx]),
-        name="depthwise_conv2d_NCHWc")
+        name="depthwise_conv2d_NCHWc", attrs=_ANNOTATION)
 
 
 def conv2d_nchw_to_nchwc(data: te.Tensor, kernel: te.Tensor, strides: Sequence[int], padding: Sequence[int],
@@ -80,7 +93,46 @@ def conv2d_nchw_to_nchwc(data: te.Tensor, kernel: te.Tensor, strides: Sequence[i
         lambda n, o, y, x, v: te.sum(
             pad[n, rc, y * sh + ry * dh, x * sw + rx * dw].astype(out_dtype)
             * kernel[o, rc, ry, rx, v].astype(out_dtype), axis=[rc, ry, rx]),
-        name="conv2d_NCHW_to_NCHWc")
+        name="conv2d_NCHW_to_NCHWc", attrs=_ANNOTATION)
+
+
+def schedule_blocked_conv(sch: Schedule, block: SBlockRV) -> list[Schedule]:
+    """MetaSchedule's design space for one of the computes above: output blocks, rows and
+    columns split by sampled factors into a register tile (unrolled, the channel lane
+    vectorized innermost) under the reductions, and the element-wise epilogue computed
+    per tile. Depthwise convolutions (two reductions) tile rows and columns only."""
+    n, o, y, x, v, *reductions = sch.get_loops(block)
+    depthwise = len(reductions) == 2
+    tiles = {"y": y, "x": x} if depthwise else {"o": o, "y": y, "x": x}
+    outer, inner = {}, []
+    for axis, loop in tiles.items():
+        factors = sch.sample_perfect_tile(loop, n=2, max_innermost_factor=MAX_TILE[axis])
+        outer[axis], tile = sch.split(loop, factors)
+        inner.append(tile)
+    sch.reorder(n, *([o] if depthwise else []), *outer.values(), *reductions, *inner, v)
+    for loop in inner:
+        sch.unroll(loop)
+    sch.vectorize(v)
+    _fuse_epilogue(sch, block, outer["x"])
+    return [sch]
+
+
+def _fuse_epilogue(sch: Schedule, block: SBlockRV, loop: LoopRV) -> None:
+    """Inline the element-wise blocks after ``block`` into the last one and compute that one
+    in ``loop``, so each tile is written once, finished. A step the blocks do not allow (a
+    failed primitive leaves the schedule as it was) leaves the rest to the default rules."""
+    try:
+        while middle := [c for c in sch.get_consumers(block) if sch.get_consumers(c)]:
+            sch.compute_inline(middle[0])
+        last = sch.get_consumers(block)
+        if len(last) == 1:
+            sch.reverse_compute_at(last[0], loop, preserve_unit_loops=True)
+    except tvm.s_tir.ScheduleError:
+        pass
+
+
+# MetaSchedule's ApplyCustomRule looks the annotation up under each of the target's keys.
+tvm_ffi.register_global_func(f"s_tir.meta_schedule.cpu.{SCHEDULE_RULE}", schedule_blocked_conv, override=True)
 
 
 def _compute_for(data_layout: str, kernel_layout: str, block: int):  # noqa: ANN202 - one of the computes
