@@ -44,6 +44,7 @@ def test_bench_end_to_end(tmp_path: Path, reference_dir: Path) -> None:
 
     assert isinstance(results["machine"]["cpu"], str) and results["machine"]["cpu"]
     assert results["machine"]["cores"] >= 1
+    assert results["machine"]["llvm_cpu"] and results["machine"]["vector_lanes"] in (4, 8, 16)
     assert results["command"].startswith("ppmseg bench-peers")
     assert results["input"]["size"] == [64, 64] and "motorcycle" in results["input"]["image"]
     assert results["threads"] == 1 and results["repeat"] == 2 and results["rounds"] == 2
@@ -65,6 +66,7 @@ def test_bench_end_to_end(tmp_path: Path, reference_dir: Path) -> None:
 
     md = stem.with_suffix(".md").read_text()
     assert results["machine"]["cpu"] in md and results["command"] in md and "TVM tuned" in md
+    assert f"LLVM cpu {results['machine']['llvm_cpu']}" in md and "### Where the time goes" in md
     assert "not measured" in md
 
 

@@ -205,8 +205,15 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
+    from tvm.target import codegen
+
+    from rpc.devices import native_vector_lanes
+
+    # The CPU generation and vector width: the peers' kernels use AVX-512 where it exists, so
+    # results from machines that differ in these are not comparable.
     return {"cpu": cpu or platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "arch": platform.machine(), "host": platform.node(), "load_avg_start": list(os.getloadavg())}
+            "arch": platform.machine(), "llvm_cpu": str(codegen.llvm_get_system_cpu()),
+            "vector_lanes": native_vector_lanes(), "host": platform.node(), "load_avg_start": list(os.getloadavg())}
 
 
 def _size_mb(directory: Path, files: list[str]) -> float:
