@@ -1,6 +1,6 @@
 """Peer benchmark results (``make bench``): ``<date>-<model>.json`` (stable keys),
 ``.md`` (tables, the issue's targets and what stands in their way), ``.png`` (bar chart),
-and ``latest-<model>.json``; every file written atomically."""
+and ``latest-<model>.json`` (``<model>-t<N>`` at N threads); every file written atomically."""
 
 from __future__ import annotations
 
@@ -239,13 +239,16 @@ def plot(results: dict, path: Path) -> None:
 
 
 def write_results(results: dict, out_dir: str | Path) -> list[Path]:
-    """``<date>-<model>.json``/``.md``/``.png`` and ``latest-<model>.json`` in ``out_dir``."""
+    """``<date>-<name>.json``/``.md``/``.png`` and ``latest-<name>.json`` in ``out_dir``; the
+    name is the model's, with ``-t<N>`` when not one thread, so runs at different thread
+    counts on one day keep their own files."""
     out_dir = Path(out_dir)
-    stem = out_dir / f"{results['date']}-{results['model']}"
+    name = results["model"] if results["threads"] == 1 else f"{results['model']}-t{results['threads']}"
+    stem = out_dir / f"{results['date']}-{name}"
     results = {**results, "targets": evaluate_targets(results)}
     text = json.dumps(results, indent=1) + "\n"
     paths = [stem.with_suffix(".json"), stem.with_suffix(".md"), stem.with_suffix(".png"),
-             out_dir / f"latest-{results['model']}.json"]
+             out_dir / f"latest-{name}.json"]
     with atomic_path(paths[0]) as tmp:
         tmp.write_text(text)
     with atomic_path(paths[1]) as tmp:
