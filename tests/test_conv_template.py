@@ -1,6 +1,6 @@
 """The blocked convolutions' MetaSchedule template (``schedules.blocked_conv``) on every
-blocked-convolution kernel of Tiny and Base: a candidate it designs computes what the default
-lowering computes, with the channel lane vectorized and the epilogue in the same loop nest."""
+blocked-convolution kernel of Tiny and Base: a candidate it designs passes MetaSchedule's
+postprocessors, has a vectorized loop and computes what the default lowering computes."""
 
 from __future__ import annotations
 
