@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import tvm
 from tvm import relax
 
@@ -84,6 +85,42 @@ def conv_kind(call: relax.Call, block: int) -> str:
     return "depthwise" if attrs.groups == c == o and i == 1 else "plain"
 
 
+def _padding_to_block(call: relax.Call, block: int) -> int:
+    """Zero filters that would make a dense NCHW convolution's output channels fill blocks:
+    0 unless its input channels fill blocks, its weight is a constant and the padding adds
+    at most an eighth of the work (the 150-class classifier: 2 more; an SE squeeze to 4: none)."""
+    attrs = call.attrs
+    if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCHW", "OIHW", "NCHW") \
+            or attrs.groups != 1 or not isinstance(call.args[1], tvm.ir.expr.Constant):
+        return 0
+    c, o = int(call.args[0].ty.shape[1]), int(call.args[1].ty.shape[0])
+    extra = -o % block
+    return extra if c % block == 0 and 8 * extra <= o else 0
+
+
+@relax.expr_functor.mutator
+class _PadOutputChannels(relax.PyExprMutator):
+    def __init__(self, mod: tvm.IRModule, block: int) -> None:
+        super().__init__(mod)
+        self.block = block
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = self.visit_expr_post_order(call)
+        if not _op(call, CONV2D) or not (extra := _padding_to_block(call, self.block)):
+            return call
+        weight = call.args[1].value.numpy()
+        zeros = np.zeros((extra, *weight.shape[1:]), weight.dtype)
+        padded = self.builder_.emit(relax.Call(
+            call.op, [call.args[0], relax.const(np.concatenate([weight, zeros]))], call.attrs))
+        return relax.op.strided_slice(padded, axes=[1], begin=[0], end=[weight.shape[0]])
+
+
+def pad_output_channels(block: int) -> tvm.transform.Pass:
+    """A convolution whose output channels do not fill blocks (``_padding_to_block``) gets
+    zero filters up to a block multiple, so it runs blocked, and its output is sliced back."""
+    return _function_pass(lambda mod: _PadOutputChannels(mod, block), "PadOutputChannels")
+
+
 def conv_layouts(block: int) -> Callable[[relax.Call], dict[str, list[str]]]:
     """ConvertLayout's per-call callback: data, kernel and output layout of each conv2d."""
     b = block
@@ -139,6 +176,53 @@ def blocked_resize() -> tvm.transform.Pass:
     return _function_pass(_BlockedResize, "BlockedResize")
 
 
+def _lane_axis_move(call: relax.Call) -> str | None:
+    """``"block"`` for a layout_transform ``[N, C, ...] -> [N, C/b, ..., b]`` without
+    padding, ``"unblock"`` for the reverse, otherwise None."""
+    src, dst = call.args[0].ty.shape, call.ty.shape
+    if call.attrs.pad_value is not None or abs(len(src) - len(dst)) != 1 or len(dst) < 3:
+        return None
+    direction, blocked = ("block", dst) if len(dst) > len(src) else ("unblock", src)
+    b = int(blocked[-1])
+    index_map = call.attrs.index_map
+    n, c, *rest = index_map.initial_indices
+    if direction == "block":
+        expected = [n, tvm.tirx.floordiv(c, b), *rest, tvm.tirx.floormod(c, b)]
+    else:
+        expected = [n, c * b + rest[-1], *rest[:-1]]
+    analyzer = tvm.sym.Analyzer()
+    for var, extent in zip(index_map.initial_indices, src, strict=True):
+        analyzer.bind(var, tvm.ir.Range(0, extent))
+    mapped = index_map.map_indices(list(index_map.initial_indices))
+    same = len(mapped) == len(expected) and all(
+        analyzer.can_prove_equal(m, e) for m, e in zip(mapped, expected, strict=True))
+    return direction if same else None
+
+
+@relax.expr_functor.mutator
+class _TransformsAsReshapes(relax.PyExprMutator):
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = self.visit_expr_post_order(call)
+        direction = _lane_axis_move(call) if _op(call, "relax.layout_transform") else None
+        if direction is None:
+            return call
+        x, out = call.args[0], [int(d) for d in call.ty.shape]
+        rank = len(out)
+        if direction == "block":  # [N, C, *S] -> [N, C/b, b, *S] -> [N, C/b, *S, b]
+            split = self.builder_.emit(relax.op.reshape(x, [*out[:2], out[-1], *out[2:-1]]))
+            return relax.op.permute_dims(split, [0, 1, *range(3, rank), 2])
+        # [N, C/b, *S, b] -> [N, C/b, b, *S] -> [N, C, *S]
+        lane_second = self.builder_.emit(relax.op.permute_dims(x, [0, 1, rank, *range(2, rank)]))
+        return relax.op.reshape(lane_second, out)
+
+
+def transforms_as_reshapes() -> tvm.transform.Pass:
+    """Channel blocking and unblocking ``layout_transform``s become ``reshape`` +
+    ``permute_dims``: TVM legalizes ``layout_transform`` as an opaque kernel, which FuseOps
+    never fuses, while these fuse with the element-wise and slicing work beside them."""
+    return _function_pass(_TransformsAsReshapes, "TransformsAsReshapes")
+
+
 @relax.expr_functor.mutator
 class _FoldWeightLayouts(relax.PyExprMutator):
     def visit_call_(self, call: relax.Call) -> relax.Expr:
@@ -169,6 +253,7 @@ def blocked_layout_passes(block: int) -> list[tvm.transform.Pass]:
     """The passes, in order, that put the convolutions in ``NCHW{block}c``."""
     return [
         clip_to_max_min(),
+        pad_output_channels(block),
         relax.transform.ConvertLayout({}, layout_cb=conv_layouts(block)),
         relax.transform.Normalize(),
         blocked_resize(),
@@ -176,6 +261,7 @@ def blocked_layout_passes(block: int) -> list[tvm.transform.Pass]:
         relax.transform.EliminateCommonSubexpr(),
         relax.transform.CanonicalizeBindings(),
         relax.transform.DeadCodeElimination(),
+        transforms_as_reshapes(),
         relax.transform.LegalizeOps(customize_legalize_map={CONV2D: legalize_conv2d}),
         relax.transform.FoldConstant(),  # what is left; here once, not in every build
     ]

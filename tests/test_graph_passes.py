@@ -1,0 +1,59 @@
+"""The channel-blocked layout's graph passes (``pipeline/compile/layout.py``) on small
+graphs: which convolutions end up blocked, that no opaque layout transform is left, and
+that the rewritten graph computes what the NCHW graph computes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+from pipeline.compile.passes import SHIPPED, rewrite
+from schedules import tuning
+from schedules.blocked_conv import SCHEDULE_RULE
+
+BLOCK = 8
+TARGET = tvm.target.Target({"kind": "llvm", "num-cores": 1})
+
+
+def _conv_relu_conv(c: int, o: int, rng: np.random.Generator) -> tvm.IRModule:
+    """``conv1x1(relu(conv3x3(x) + bias))``: ``c`` channels in, ``o`` out of the second."""
+    def const(*shape: int) -> relax.Constant:
+        return relax.const(rng.standard_normal(shape).astype("float32"))
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, c, 11, 9), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.conv2d(x, const(c, c, 3, 3), padding=[1, 1, 1, 1]))
+            y = bb.emit(relax.op.nn.relu(relax.op.add(y, const(1, c, 1, 1))))
+            out = bb.emit_output(relax.op.add(relax.op.nn.conv2d(y, const(o, c, 1, 1)), const(1, o, 1, 1)))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _kernels(mod: tvm.IRModule) -> list[str]:
+    return [f.script() for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+
+
+def _run(mod: tvm.IRModule, x: np.ndarray) -> np.ndarray:
+    vm = relax.VirtualMachine(tuning.build(mod, TARGET), tvm.cpu())
+    return vm["main"](tvm.runtime.tensor(x)).numpy()
+
+
+@pytest.mark.parametrize(("o", "blocked"), [(150, 2), (4, 1)])
+def test_output_channels_are_padded_to_blocks_only_where_it_pays(o, blocked):
+    """150 classes run blocked (2 more filters, sliced off after); 4 stay NCHW (twice the work)."""
+    rng = np.random.default_rng(0)
+    mod = _conv_relu_conv(16, o, rng)
+    rewritten = rewrite(mod, SHIPPED, BLOCK)
+    kernels = _kernels(rewritten)
+    assert sum(f'"schedule_rule": "{SCHEDULE_RULE}"' in k for k in kernels) == blocked
+    assert not any("layout_transform" in k for k in kernels)  # all became fusible reshapes
+    x = rng.standard_normal((1, 16, 11, 9)).astype("float32")
+    got = _run(rewritten, x)
+    assert got.shape == (1, o, 11, 9)
+    want = _run(mod, x)
+    # float32 sums of 144 terms in another order: equal to a few ulps of the largest value
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
