@@ -6,16 +6,19 @@ the way ONNX Runtime's MLAS blocks them, so that MetaSchedule vectorizes over ch
 
 1. ``clip`` becomes ``maximum``/``minimum``: ``clip`` has no layout inference in TVM 0.27,
    so every relu6, hardswish and hard sigmoid would be wrapped in layout transforms.
-2. ``ConvertLayout`` with a layout per call (``conv_kind``): dense and depthwise
+2. A dense convolution whose output channels do not fill blocks (the 150-class classifier)
+   gets zero filters up to a block multiple, its output sliced back (``_padding_to_block``).
+3. ``ConvertLayout`` with a layout per call (``conv_kind``): dense and depthwise
    convolutions whose channels fill blocks go blocked, those with too few input channels
    (the 3-channel stem, SE expansions) read NCHW and write blocked, the rest stay NCHW.
    Element-wise ops, ``mean`` and ``concat`` follow; ``reshape`` and ``matmul`` (the Sea
    attention) get their inputs back in NCHW.
-3. ``resize2d`` on the blocked tensor (ConvertLayout unblocks its input, TOPI's resize takes
+4. ``resize2d`` on the blocked tensor (ConvertLayout unblocks its input, TOPI's resize takes
    ``NCHW[b]c``), and a transform that undoes the one before it is dropped.
-4. Duplicate transforms (ConvertLayout emits one per use) are merged.
 5. The weights' layout transforms and the biases' reshapes are done here, on the constants
-   (TVM's FoldConstant builds and runs a kernel for each: 16 s for Tiny); then blocked
+   (TVM's FoldConstant builds and runs a kernel for each: 16 s for Tiny); duplicate
+   transforms (ConvertLayout emits one per use) are merged.
+6. The activations' remaining (un)blocking transforms become fusible reshapes; then blocked
    convolutions are legalized to ``schedules.blocked_conv``'s computes and the remaining
    constants folded.
 """
