@@ -138,7 +138,7 @@ FAMILIES = (
     ("resize", ("resize2d",), ("Resize", "Upsample")),
     ("reduce mean", ("mean",), ("ReduceMean", "GlobalAveragePool")),
     ("layout transforms", ("layout_transform",), ("ReorderInput", "ReorderOutput")),
-    ("VM builtins (allocation, shapes)", ("vm.builtin",), ()),
+    ("VM builtins (allocation, shapes; an upper bound)", ("vm.builtin",), ()),
 )
 OTHER = "element-wise and other"
 
