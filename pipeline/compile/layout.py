@@ -72,29 +72,32 @@ def clip_to_max_min() -> tvm.transform.Pass:
     return _function_pass(_ClipToMaxMin, "ClipToMaxMin")
 
 
+def _plain_layouts(call: relax.Call) -> bool:
+    """Whether a conv2d reads NCHW data and OIHW weights and writes NCHW."""
+    attrs = call.attrs
+    return (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) == ("NCHW", "OIHW", "NCHW")
+
+
 def conv_kind(call: relax.Call, block: int) -> str:
     """How a conv2d runs with channel block ``block``: ``dense`` or ``depthwise`` (blocked in
     and out), ``widen`` (too few input channels for a block: NCHW in, blocked out) or
     ``plain`` (NCHW, e.g. a convolution to 4 or 150 channels)."""
-    attrs = call.attrs
-    if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCHW", "OIHW", "NCHW"):
+    if not _plain_layouts(call):
         return "plain"
     c = int(call.args[0].ty.shape[1])
     o, i = (int(call.args[1].ty.shape[k]) for k in (0, 1))
     if o % block:
         return "plain"
-    if attrs.groups == 1:
+    if call.attrs.groups == 1:
         return "dense" if c % block == 0 else "widen"
-    return "depthwise" if attrs.groups == c == o and i == 1 else "plain"
+    return "depthwise" if call.attrs.groups == c == o and i == 1 else "plain"
 
 
 def _padding_to_block(call: relax.Call, block: int) -> int:
     """Zero filters that would make a dense NCHW convolution's output channels fill blocks:
     0 unless its input channels fill blocks, its weight is a constant and the padding adds
     at most an eighth of the work (the 150-class classifier: 2 more; an SE squeeze to 4: none)."""
-    attrs = call.attrs
-    if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCHW", "OIHW", "NCHW") \
-            or attrs.groups != 1 or not isinstance(call.args[1], tvm.ir.expr.Constant):
+    if not _plain_layouts(call) or call.attrs.groups != 1 or not isinstance(call.args[1], tvm.ir.expr.Constant):
         return 0
     c, o = int(call.args[0].ty.shape[1]), int(call.args[1].ty.shape[0])
     extra = -o % block
@@ -140,15 +143,21 @@ def conv_layouts(block: int) -> Callable[[relax.Call], dict[str, list[str]]]:
     return desired
 
 
+def _provably_equal(index_map: tvm.tirx.IndexMap, shape: list, got: list, expected: list) -> bool:
+    """Whether index expressions ``got`` and ``expected`` are equal for every value of
+    ``index_map``'s indices over ``shape``."""
+    analyzer = tvm.sym.Analyzer()
+    for var, extent in zip(index_map.initial_indices, shape, strict=True):
+        analyzer.bind(var, tvm.ir.Range(0, extent))
+    return len(got) == len(expected) and all(
+        analyzer.can_prove_equal(g, e) for g, e in zip(got, expected, strict=True))
+
+
 def _undoes(inner: relax.Call, outer: relax.Call) -> bool:
     """Whether layout_transform ``outer`` maps ``inner``'s output back to its input."""
     first, second = inner.attrs.index_map, outer.attrs.index_map
-    analyzer = tvm.sym.Analyzer()
-    for var, extent in zip(first.initial_indices, inner.args[0].ty.shape, strict=True):
-        analyzer.bind(var, tvm.ir.Range(0, extent))
-    back = second.map_indices(first.map_indices(list(first.initial_indices)))
-    return len(back) == len(first.initial_indices) and all(
-        analyzer.can_prove_equal(b, v) for b, v in zip(back, first.initial_indices, strict=True))
+    indices = list(first.initial_indices)
+    return _provably_equal(first, inner.args[0].ty.shape, second.map_indices(first.map_indices(indices)), indices)
 
 
 @relax.expr_functor.mutator
@@ -193,13 +202,8 @@ def _lane_axis_move(call: relax.Call) -> str | None:
         expected = [n, tvm.tirx.floordiv(c, b), *rest, tvm.tirx.floormod(c, b)]
     else:
         expected = [n, c * b + rest[-1], *rest[:-1]]
-    analyzer = tvm.sym.Analyzer()
-    for var, extent in zip(index_map.initial_indices, src, strict=True):
-        analyzer.bind(var, tvm.ir.Range(0, extent))
     mapped = index_map.map_indices(list(index_map.initial_indices))
-    same = len(mapped) == len(expected) and all(
-        analyzer.can_prove_equal(m, e) for m, e in zip(mapped, expected, strict=True))
-    return direction if same else None
+    return direction if _provably_equal(index_map, src, mapped, expected) else None
 
 
 @relax.expr_functor.mutator
