@@ -390,18 +390,22 @@ class TaskKernel:
     tuned: bool  # a database schedule was applied
 
 
+def best_modules(tasks: list[ms.ExtractedTask], target: tvm.target.Target,
+                 work_dir: str | Path) -> list[tvm.IRModule | None]:
+    """Each task's kernel with ``work_dir``'s best schedule applied (None: no record)."""
+    database = ms.database.JSONDatabase(work_dir=str(work_dir))
+    with target:
+        return [database.query_ir_module(task.dispatched[0], target, "main") for task in tasks]
+
+
 def task_library(tasks: list[ms.ExtractedTask], target: tvm.target.Target,
                  work_dir: str | Path | None = None) -> tuple[tvm.IRModule, list[TaskKernel]]:
     """Every task's kernel in one TIR module, so one build and one upload time them
     all on a device: with the default lowering, or with ``work_dir``'s best schedules."""
-    database = ms.database.JSONDatabase(work_dir=str(work_dir)) if work_dir is not None else None
+    best = best_modules(tasks, target, work_dir) if work_dir is not None else [None] * len(tasks)
     funcs, kernels = {}, []
-    for i, task in enumerate(tasks):
+    for i, (task, tuned) in enumerate(zip(tasks, best, strict=True)):
         mod = task.dispatched[0]
-        tuned = None
-        if database is not None:
-            with target:
-                tuned = database.query_ir_module(mod, target, "main")
         func = (tuned or mod)["main"]
         name = f"task_{i}"
         funcs[name] = func.with_attr("global_symbol", name)

@@ -94,6 +94,7 @@ def _tune_and_report(req: TuneRequest, device, work: WorkDir, out_dir: Path,  # 
     from pipeline.tune.measure import time_tasks
     from pipeline.tune.parts import profile_parts
     from pipeline.tune.report import tuning_curve, tuning_report, write_report
+    from schedules.padding import padding_placements
 
     t_start = time.perf_counter()
     model = load_model(req.model, req.weights)
@@ -127,7 +128,9 @@ def _tune_and_report(req: TuneRequest, device, work: WorkDir, out_dir: Path,  # 
         parts = profile_parts(device, model, x, spec, work)
 
     curve = tuning_curve(tasks, work, untuned, timings)
-    report = tuning_report(run, req, tasks, timings, checks, untuned, tuned_tasks, parts, k_present, before, curve)
+    padding = padding_placements(tasks, device.tvm_target(), work.path)
+    report = tuning_report(run, req, tasks, timings, checks, untuned, tuned_tasks, parts, k_present, before, curve,
+                           padding)
     write_report(out_dir, report)
     work.save_report(report)
     log(f"untuned {report['untuned']['median_ms']:.1f} ms, tuned {report['tuned']['median_ms']:.1f} ms "

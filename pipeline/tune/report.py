@@ -18,9 +18,9 @@ ABLATION_TAILS = {"vim": "tail", "interpolate": "tail_interpolate", "interpolate
 
 def tuning_report(run, req, tasks, timings: dict, checks: dict, untuned: dict[str, float],  # noqa: ANN001
                   tuned_tasks: dict[str, float], parts: list[dict], k_present: int, before: int,
-                  curve: dict) -> dict:
+                  curve: dict, padding: dict[str, str]) -> dict:
     """The report of a finished run (``pipeline.tune.steps.Run``, its ``TuneRequest`` and
-    tasks) from what the steps measured."""
+    tasks) from what the steps measured; ``padding``: ``schedules.padding.padding_placements``."""
     from model.summary import summarize
     from rpc.devices import load_profile
 
@@ -41,7 +41,8 @@ def tuning_report(run, req, tasks, timings: dict, checks: dict, untuned: dict[st
         "checks": checks,
         "tasks": [{"task": t.task_name, "calls": int(t.weight), "flops": float(_flops(t)),
                    "untuned_ms": untuned[t.task_name], "tuned_ms": tuned_tasks[t.task_name],
-                   "trials": per_task[t.task_name], "tuned": per_task[t.task_name] > 0} for t in tasks],
+                   "trials": per_task[t.task_name], "tuned": per_task[t.task_name] > 0,
+                   "padding": padding.get(t.task_name)} for t in tasks],
         "profile": parts,
         "curve": curve,
         "gflops": {"network_gflop": gflop, "tuned_gflops": gflop / tuned_ms * 1e3,
@@ -83,6 +84,7 @@ def markdown(report: dict) -> str:
     lines += [f"Tuned vs untuned labels: {checks['tuned_vs_untuned']['equal']:.4%} equal, "
               f"{checks['tuned_vs_untuned']['differ_outside_ties']} differ outside top-two ties; "
               f"untuned vs PyTorch: {checks['untuned_vs_pytorch']['equal']:.4%} equal.", ""]
+    lines += padding_lines(report["tasks"])
     lines += ablation_lines(report["ablation"])
     g = report.get("gflops")
     if g:
@@ -99,6 +101,21 @@ def markdown(report: dict) -> str:
         lines.append(f"| {r['task']} | {r['calls']} | {r['flops'] / 1e6:.1f} | {r['untuned_ms']:.3f} | "
                      f"{r['tuned_ms']:.3f} | {r['untuned_ms'] / max(r['tuned_ms'], 1e-9):.2f}x | {r['trials']} |")
     return "\n".join(lines) + "\n"
+
+
+def padding_lines(tasks: list[dict]) -> list[str]:
+    """Where the tuned kernels compute their inputs' zero padding (``schedules.padding``)."""
+    from schedules.padding import INLINED, PER_TILE, WHOLE
+
+    placed = {t["task"]: t["padding"] for t in tasks if t.get("padding")}
+    if not placed:
+        return []
+    whole = [name for name, where in placed.items() if where == WHOLE]
+    counts = ", ".join(f"{list(placed.values()).count(where)} {what}" for where, what in (
+        (PER_TILE, "per tile, inside the convolution's loops"), (INLINED, "inlined into its reads"),
+        (WHOLE, "written whole before the convolution")))
+    return [f"Zero padding of the {len(placed)} tuned kernels that pad their input: {counts}"
+            + (f" ({', '.join(whole)})." if whole else "."), ""]
 
 
 def ablation_lines(a: dict) -> list[str]:
