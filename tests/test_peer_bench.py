@@ -29,8 +29,8 @@ def bench(*args: str, timeout: float = 400) -> subprocess.CompletedProcess:
 
 def test_bench_end_to_end(tmp_path: Path, reference_dir: Path) -> None:
     out = tmp_path / "results"
-    proc = bench("--model", "tiny", "--input-size", "64x64", "--repeat", "2", "--rounds", "2", "--out", str(out),
-                 "--work", str(tmp_path / "work"), "--tuning-root", str(tmp_path / "tuning"),
+    proc = bench("--model", "tiny", "--input-size", "64x64", "--repeat", "2", "--rounds", "2", "--settle", "0.1",
+                 "--out", str(out), "--work", str(tmp_path / "work"), "--tuning-root", str(tmp_path / "tuning"),
                  "--checkpoint", str(reference_dir / "tiny.pdparams"))
     assert proc.returncode == 0, proc.stderr
     latest = out / "latest-tiny.json"
@@ -48,6 +48,8 @@ def test_bench_end_to_end(tmp_path: Path, reference_dir: Path) -> None:
     assert results["command"].startswith("ppmseg bench-peers")
     assert results["input"]["size"] == [64, 64] and "motorcycle" in results["input"]["image"]
     assert results["threads"] == 1 and results["repeat"] == 2 and results["rounds"] == 2
+    assert results["settle_s"] == 0.1
+    assert "0.1 s pause before each engine's batch" in stem.with_suffix(".md").read_text()
 
     rows = {r["engine"]: r for r in results["rows"]}
     assert list(rows) == list(ENGINES)

@@ -51,6 +51,9 @@ class Settings:
     threads: int = 1
     repeat: int = 30  # timed runs per engine
     rounds: int = 10
+    # Pause before each engine's batch: OpenMP and ONNX Runtime pools spin-wait after work
+    # (Intel OpenMP for 200 ms by default), which steals a core from the next engine.
+    settle_s: float = 0.5
     input_size: tuple[int, int] = (512, 512)
     out: Path = RESULTS
     work: Path = BENCH_WORK
@@ -228,7 +231,8 @@ def run_bench(s: Settings, log: Callable[[str], None] = print) -> dict:
     rounds = math.ceil(s.repeat / per_round)
     results = {"model": s.model, "input_size": list(s.input_size), "threads": s.threads,
                "date": time.strftime("%Y-%m-%d"), "time": time.strftime("%H:%M:%S"), "command": s.command,
-               "machine": machine_info(), "repeat": s.repeat, "rounds": rounds}
+               "machine": machine_info(), "repeat": s.repeat, "rounds": rounds,
+               "settle_s": s.settle_s}
     results["input"] = write_input(s, work / "input.npy")
     rows: dict[str, dict] = {e: {"engine": e, "threads": s.threads, "median_ms": None, "p90_ms": None,
                                  "peak_rss_mb": None, "agreement": None, "size_mb": None} for e in s.engines}
@@ -296,6 +300,7 @@ def run_bench(s: Settings, log: Callable[[str], None] = print) -> dict:
         for r in range(rounds):
             for engine in list(active):
                 n = min(per_round, s.repeat - len(times[engine]))
+                time.sleep(s.settle_s)
                 try:
                     reply = workers[engine].request({"cmd": "time", "n": n}, 60 + 20 * n * warm_ms[engine] / 1e3)
                 except EngineError as e:

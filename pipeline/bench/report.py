@@ -78,6 +78,12 @@ def _name(row: dict) -> str:
     return NAMES.get(row["engine"], row["engine"]) + extra
 
 
+def _settle(results: dict) -> str:
+    """The pause before each batch (results written before it existed have none)."""
+    settle = results.get("settle_s")
+    return f", {settle:g} s pause before each engine's batch" if settle else ""
+
+
 def _cpu_generation(machine: dict) -> str:
     """", LLVM cpu znver3, 8 float32 lanes" (absent from results written before they were recorded)."""
     if "llvm_cpu" not in machine:
@@ -97,8 +103,8 @@ def markdown(results: dict) -> str:
         f"- Input: {inp['image']}, {inp['preprocessing']}; {inp['num_classes']} classes, label map out "
         "(VIM in every engine).",
         f"- {results['threads']} thread(s) per engine; {results['repeat']} timed runs per engine in "
-        f"{results['rounds']} rounds, engines alternating; each engine in its own process (peak RSS is that "
-        "process's VmHWM); agreement = pixels equal to PyTorch eager's label map.",
+        f"{results['rounds']} rounds, engines alternating{_settle(results)}; each engine in its own process "
+        "(peak RSS is that process's VmHWM); agreement = pixels equal to PyTorch eager's label map.",
         "",
         "| engine | median ms | p90 ms | x ONNX Runtime | peak RSS MB | size MB | agreement % |",
         "|---|---|---|---|---|---|---|",

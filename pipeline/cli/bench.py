@@ -17,6 +17,8 @@ from pipeline.common.paths import BENCH_WORK, REF_PYTHON, RESULTS, TUNING
 @click.option("--repeat", type=click.IntRange(min=1), default=30, show_default=True, help="Timed runs per engine.")
 @click.option("--rounds", type=click.IntRange(min=1), default=10, show_default=True,
               help="Rounds the runs are split into (engines alternate within each).")
+@click.option("--settle", type=click.FloatRange(min=0), default=0.5, show_default=True,
+              help="Seconds of pause before each engine's batch (the previous engine's pool goes idle).")
 @click.option("--input-size", default="512x512", show_default=True, metavar="HxW")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=RESULTS, show_default=True)
 @click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=BENCH_WORK,
@@ -31,9 +33,9 @@ from pipeline.common.paths import BENCH_WORK, REF_PYTHON, RESULTS, TUNING
 @click.option("--paddle-backend", type=click.Choice(["onednn", "native"]), default="onednn", show_default=True)
 @click.option("--engines", help="Comma-separated subset of the engines (default: all).")
 @click.option("--command", "command_line", help="The command to record (make passes its own).")
-def bench_peers(model: str, threads: int, repeat: int, rounds: int, input_size: str, out: Path, work: Path,
-                device: str, checkpoint: Path | None, ref_python: Path, tuning_root: Path, paddle_backend: str,
-                engines: str | None, command_line: str | None) -> None:
+def bench_peers(model: str, threads: int, repeat: int, rounds: int, settle: float, input_size: str, out: Path,
+                work: Path, device: str, checkpoint: Path | None, ref_python: Path, tuning_root: Path,
+                paddle_backend: str, engines: str | None, command_line: str | None) -> None:
     """PyTorch, ONNX Runtime, Paddle Inference and TVM untuned/tuned side by side (`make bench`)."""
     from pipeline.bench import peers
     from pipeline.bench.engines import ENGINES
@@ -45,7 +47,7 @@ def bench_peers(model: str, threads: int, repeat: int, rounds: int, input_size: 
     if unknown := [e for e in chosen if e not in ENGINES]:
         raise click.BadParameter(f"unknown engines {unknown}; choose from {', '.join(ENGINES)}",
                                  param_hint="--engines")
-    s = peers.Settings(model=model, threads=threads, repeat=repeat, rounds=rounds,
+    s = peers.Settings(model=model, threads=threads, repeat=repeat, rounds=rounds, settle_s=settle,
                        input_size=parse_size(input_size), out=out, work=work,
                        checkpoint=(checkpoint or peers.default_checkpoint(model)).resolve(), ref_python=ref_python,
                        tuning_root=tuning_root.resolve(), engines=chosen, paddle_backend=paddle_backend,
