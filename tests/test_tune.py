@@ -65,11 +65,12 @@ def test_host_tune_produces_agreeing_libraries_and_report(host_run):
     # The shipped graph is the blocked one, in the tasks tuned as in the libraries built.
     assert any("nchwc" in t["task"] for t in report["tasks"])
     assert re.fullmatch(r"NCHW\d+c", json.loads((result.artifact / "meta.json").read_text())["layout"])
-    # Where each tuned kernel that pads its input computes the padding (None: no padding or untuned).
+    # Where each tuned kernel that pads its input computes the padding (None: no padding or
+    # untuned; with 8 trials the tuned kernels may pad nothing: tests/test_padding.py covers it).
     assert {t["padding"] for t in report["tasks"]} <= {None, "inlined", "per tile", "whole"}
     assert all(t["tuned"] for t in report["tasks"] if t["padding"])
-    assert any(t["padding"] for t in report["tasks"])
-    assert "Zero padding of the" in (result.artifact / "report.md").read_text()
+    padded = any(t["padding"] for t in report["tasks"])
+    assert ("Zero padding of the" in (result.artifact / "report.md").read_text()) == padded
     # The latency profile: every part of the network in both builds, and the ablation's two plain tails.
     parts = [r["part"] for r in report["profile"]]
     assert parts == ["stem_stage1", "stage2", "stage3", "sea1", "stage4", "sea2", "aam", "head", "tail",
