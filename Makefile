@@ -12,6 +12,7 @@ DEVICE ?= host
 TRIALS ?=
 UPSAMPLE ?= vim
 LAYOUT ?= blocked
+SEARCH ?= focused
 FRONTEND ?= torch
 INPUT ?= 512x512
 THREADS ?= 1
@@ -81,9 +82,9 @@ bench: setup reference  ## PyTorch, ONNX Runtime, Paddle Inference, TVM untuned/
 		$(PPMSEG) bench-peers --model $$m --threads $(THREADS) --device $(DEVICE) \
 			--command "make bench MODEL=$$m THREADS=$(THREADS) DEVICE=$(DEVICE)"; done
 
-tune: setup  ## Tune for DEVICE=host|sd855 [MODEL=] [THREADS=1|N|all] [TRIALS=] [TRACKER=host:port] [INPUT=HxW] [LAYOUT=blocked|nchw]; prints the artifact dir last
+tune: setup  ## Tune for DEVICE=host|sd855 [MODEL=] [THREADS=1|N|all] [TRIALS=] [TRACKER=host:port] [INPUT=HxW] [LAYOUT=blocked|nchw] [SEARCH=focused|plain]; prints the artifact dir last
 	$(PPMSEG) tune --model $(MODEL) --device $(DEVICE) --input-size $(INPUT) --threads $(THREADS) --layout $(LAYOUT) \
-		$(if $(TRIALS),--trials $(TRIALS)) \
+		--search $(SEARCH) $(if $(TRIALS),--trials $(TRIALS)) \
 		$(if $(TRACKER),--tracker $(TRACKER))
 
 tracker: setup  ## Start the local RPC tracker on 127.0.0.1 (reused if running)

@@ -15,7 +15,7 @@ from pipeline.cli.options import (
     graph_options,
     note_weights,
 )
-from pipeline.tune.job import DEFAULT_TRIALS
+from pipeline.tune.job import DEFAULT_TRIALS, SEARCHES
 
 
 @click.command()
@@ -35,12 +35,15 @@ from pipeline.tune.job import DEFAULT_TRIALS
 @click.option("--out-root", type=click.Path(file_okay=False, path_type=Path), help="Where the tuned artifacts "
               "go (default: ./build).")
 @graph_options
+@click.option("--search", type=click.Choice(SEARCHES), default="focused", show_default=True,
+              help="focused: one round for every kernel, then the rest of the trials for the kernels holding "
+              "80% of the time; plain: one MetaSchedule call over every kernel (a work directory of its own).")
 @click.option("--profile/--no-profile", default=True, show_default=True, help="Time every part of the network "
               "untuned and tuned for the report (two more builds).")
 @click.option("--list", "list_only", is_flag=True, help="List the tuning work directories and stop.")
 def tune(model_name: str, device: str, tracker: str | None, trials: int | None, input_size: str | None,
          threads: int | None, weights: Path | None, device_wait: float | None, work_root: Path | None,
-         out_root: Path | None, graph, profile: bool, list_only: bool) -> None:  # noqa: ANN001
+         out_root: Path | None, graph, search: str, profile: bool, list_only: bool) -> None:  # noqa: ANN001
     """Tune the model's kernels with MetaSchedule on a device, build untuned and tuned
     libraries, check they agree, measure both and write the report.
 
@@ -59,7 +62,8 @@ def tune(model_name: str, device: str, tracker: str | None, trials: int | None, 
         return
     given = {"trials": trials, "device_wait": device_wait}
     req = TuneRequest(model=model_name, device=device, tracker=tracker, threads=threads, weights=weights,
-                      graph=graph, profile=profile, input_size=parse_size(input_size) if input_size else (512, 512),
+                      graph=graph, search=search, profile=profile,
+                      input_size=parse_size(input_size) if input_size else (512, 512),
                       **{k: v for k, v in given.items() if v is not None})
     # The weights note comes once the run holds its work directory (a refused run prints one line).
     result = run_tune(req, log=click.echo, work_root=work_root, out_root=out_root,
@@ -69,13 +73,14 @@ def tune(model_name: str, device: str, tracker: str | None, trials: int | None, 
 
 
 @click.command()
-@click.argument("a", type=click.Path(path_type=Path))
-@click.argument("b", type=click.Path(path_type=Path))
-def report(a: Path, b: Path) -> None:
-    """Compare two tuning reports (report.json or their artifact directories) side by side."""
+@click.argument("reports", nargs=-1, required=True, type=click.Path(path_type=Path))
+def report(reports: tuple[Path, ...]) -> None:
+    """Tuning reports (report.json or their artifact directories) side by side, one column each."""
     from pipeline.tune.report import compare, load_report
 
-    click.echo(compare(load_report(a), load_report(b)), nl=False)
+    if len(reports) < 2:
+        raise click.UsageError("give at least two reports to compare")
+    click.echo(compare([load_report(r) for r in reports]), nl=False)
 
 
 COMMANDS = (tune, report)

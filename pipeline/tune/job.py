@@ -22,6 +22,10 @@ from pipeline.tune.workdir import WorkDir
 # Every kernel of the network is tuned: the first round gives each of Tiny's ~110 tasks a
 # batch of 8, the rest goes where MetaSchedule's gradient says.
 DEFAULT_TRIALS = 1600
+# ``--search``: "focused" (a first round for every kernel, then the rest of the budget for the
+# heaviest, see steps.search); "plain" gives the whole budget to one MetaSchedule call over
+# every kernel (its own task scheduler), to measure what focusing buys.
+SEARCHES = ("focused", "plain")
 # How long tuning waits for a server with the device's key to come back before it stops.
 DEVICE_WAIT = float(os.environ.get("PPMSEG_DEVICE_WAIT", 300))
 
@@ -39,12 +43,19 @@ class TuneRequest:
     device_wait: float = DEVICE_WAIT  # seconds to wait for a lost device before stopping
     graph: GraphOptions = SHIPPED  # the graph passes (a work directory of their own unless default)
     profile: bool = True  # the latency profile by part of the network (two more builds)
+    search: str = "focused"  # how the trials are spread over the kernels (SEARCHES)
+
+    @property
+    def variant(self) -> str:
+        """What the work directory's name adds: options other than the defaults get their own."""
+        return self.graph.suffix + ("" if self.search == "focused" else f"-{self.search}")
 
     def command(self, threads: int) -> str:
         """The make command that repeats this run."""
         return (f"make tune DEVICE={self.device} MODEL={self.model} TRIALS={self.trials} "
-                f"INPUT={self.input_size[0]}x{self.input_size[1]} "
-                f"THREADS={threads}" + ("" if self.graph == SHIPPED else f" GRAPH={self.graph.suffix[1:]}"))
+                f"INPUT={self.input_size[0]}x{self.input_size[1]} THREADS={threads}"
+                + ("" if self.graph == SHIPPED else f" LAYOUT={self.graph.suffix[1:]}")
+                + ("" if self.search == "focused" else f" SEARCH={self.search}"))
 
 
 @dataclass
@@ -63,7 +74,7 @@ def run_tune(req: TuneRequest, log: Callable[[str], None] = print, work_root: Pa
     from rpc.devices import load_profile
 
     threads = req.threads or load_profile(req.device).threads
-    work = WorkDir.of(req.model, req.device, req.input_size, threads, work_root, req.graph.suffix)
+    work = WorkDir.of(req.model, req.device, req.input_size, threads, work_root, req.variant)
     out_dir = (out_root or BUILD) / f"tuned-{work.path.name}"
     with work.locked():
         on_start()
@@ -108,7 +119,7 @@ def _tune_and_report(req: TuneRequest, device, work: WorkDir, out_dir: Path,  # 
     before = work.measured_trials()
     if before:
         log(f"resuming {work.path}: {before} trials already measured")
-    steps.search(run, tasks, untuned, req.trials)
+    steps.search(run, tasks, untuned, req.trials, req.search)
     log(f"{work.measured_trials()} trials in the database ({work.measured_trials() - before} new)")
 
     weights = str(Path(req.weights).resolve()) if req.weights else None

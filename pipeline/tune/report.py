@@ -265,20 +265,32 @@ def load_report(path: str | Path) -> dict:
         raise ValueError(f"{path}: not a JSON report ({e})") from None
 
 
-def compare(a: dict, b: dict) -> str:
-    """Two reports side by side (say two devices or two trial budgets)."""
-    def row(name: str, fa, fb) -> str:  # noqa: ANN001
-        return f"| {name} | {fa(a)} | {fb(b)} |" if fb else f"| {name} | {fa(a)} | {fa(b)} |"
+def _cell(field, report: dict) -> str:  # noqa: ANN001
+    """A report written before a key existed shows "-" there."""
+    try:
+        return str(field(report))
+    except (KeyError, IndexError, TypeError):
+        return "-"
 
-    def ms(key: str):  # noqa: ANN202
-        return lambda r: f"{r[key]['median_ms']:.2f}"
 
-    lines = ["| | A | B |", "|---|---|---|",
-             row("model", lambda r: r["model"], None), row("device", _device, None),
-             row("input", lambda r: "x".join(map(str, r["input_size"])), None),
-             row("threads", lambda r: r["threads"], None), row("trials", lambda r: r["trials"], None),
-             row("untuned median ms", ms("untuned"), None), row("tuned median ms", ms("tuned"), None),
-             row("speedup", lambda r: f"{r['speedup']:.2f}x", None),
-             row("VIM / interpolate ms", lambda r: f"{r['ablation']['vim_ms']:.2f} / "
-                 f"{r['ablation'].get('interpolate_ms') or float('nan'):.2f}", None)]
+def compare(reports: list[dict]) -> str:
+    """Reports side by side, one column each (say two devices, two trial budgets, or the
+    arms of an ablation: the work directory's name carries its non-default options)."""
+    rows = {
+        "work directory": lambda r: f"`{Path(r['work_dir']).name}`",
+        "model": lambda r: r["model"], "device": _device,
+        "input": lambda r: "x".join(map(str, r["input_size"])), "threads": lambda r: r["threads"],
+        "trials": lambda r: r["trials"], "tuning time s": lambda r: f"{r['elapsed_s']:.0f}",
+        "untuned median ms": lambda r: f"{r['untuned']['median_ms']:.2f}",
+        "tuned median ms": lambda r: f"{r['tuned']['median_ms']:.2f}",
+        "best-kernels sum ms": lambda r: f"{r['curve']['best_kernels_ms'][-1][1]:.2f}",
+        "speedup": lambda r: f"{r['speedup']:.2f}x",
+        "VIM / interpolate ms": lambda r: f"{r['ablation']['vim_ms']:.2f} / "
+                                          f"{r['ablation'].get('interpolate_ms') or float('nan'):.2f}",
+        "date": lambda r: r["date"],
+    }
+    names = [chr(ord("A") + i) for i in range(len(reports))]
+    lines = ["| | " + " | ".join(names) + " |", "|---" * (len(reports) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(_cell(f, r) for r in reports) + " |" for name, f in rows.items()]
+    lines += ["", *(f"- {n}: `{r['command']}`" for n, r in zip(names, reports, strict=True))]
     return "\n".join(lines) + "\n"

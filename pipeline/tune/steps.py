@@ -116,13 +116,18 @@ def _time(tasks: list, per_call_ms: dict[str, float]) -> dict[str, float]:
     return {t.task_name: per_call_ms[t.task_name] * int(t.weight) for t in tasks}
 
 
+def by_time(tasks: list, per_call_ms: dict[str, float]) -> list:
+    """The tasks, heaviest (per-call ms times calls) first."""
+    time = _time(tasks, per_call_ms)
+    return sorted(tasks, key=lambda t: -time[t.task_name])
+
+
 def heaviest(tasks: list, per_call_ms: dict[str, float], share: float = HEAVY_SHARE) -> list:
     """The fewest tasks whose time (per-call ms times calls) makes up ``share`` of the total,
     heaviest first."""
     time = _time(tasks, per_call_ms)
-    ranked = sorted(tasks, key=lambda t: -time[t.task_name])
     total, chosen, held = sum(time.values()), [], 0.0
-    for t in ranked:
+    for t in by_time(tasks, per_call_ms):
         if chosen and held >= share * total:
             break
         chosen.append(t)
@@ -132,8 +137,7 @@ def heaviest(tasks: list, per_call_ms: dict[str, float], share: float = HEAVY_SH
 
 def owing_first_round(tasks: list, done: dict[str, int], per_call_ms: dict[str, float]) -> list:
     """The tasks with fewer than ``FIRST_ROUND`` records, heaviest first."""
-    time = _time(tasks, per_call_ms)
-    return sorted((t for t in tasks if done[t.task_name] < FIRST_ROUND), key=lambda t: -time[t.task_name])
+    return [t for t in by_time(tasks, per_call_ms) if done[t.task_name] < FIRST_ROUND]
 
 
 def phase_budgets(tasks: list, trials: int, done: dict[str, int]) -> tuple[int, int]:
@@ -154,11 +158,12 @@ def reachable(group: list, budget: int) -> list:
     return group[: math.ceil(budget / tuning.trials_per_round(budget, len(group)))] if budget else []
 
 
-def search(run: Run, tasks: list, untuned: dict[str, float], trials: int) -> None:
-    """MetaSchedule in two phases: a first round for the kernels that have not had theirs,
-    heaviest first, then the kernels holding most of the tuned time, up to ``trials`` records
-    in all (those already in the database count). Signals stop the search between batches;
-    a device that does not come back stops it with DeviceLost."""
+def search(run: Run, tasks: list, untuned: dict[str, float], trials: int, how: str = "focused") -> None:
+    """MetaSchedule up to ``trials`` records in all (those already in the database count).
+    ``focused``: two phases, a first round for the kernels that have not had theirs, heaviest
+    first, then the kernels holding most of the tuned time. ``plain``: one call over every
+    kernel, heaviest first. Signals stop the search between batches; a device that does not
+    come back stops it with DeviceLost."""
     from schedules import tuning
 
     done = run.work.trials_per_task(tasks)
@@ -177,8 +182,12 @@ def search(run: Run, tasks: list, untuned: dict[str, float], trials: int) -> Non
 
     try:
         with quiet_tvm(), handling(request_stop(stop), signal.SIGINT, signal.SIGTERM):
-            phase("kernels without a first round (one round each)", owing_first_round(tasks, done, untuned), first)
-            phase("heaviest kernels", heaviest(tasks, {**untuned, **tuning.best_ms(tasks, run.work.path)}), rest)
+            if how == "plain":
+                phase("kernels, MetaSchedule's task scheduler over all of them",
+                      by_time(tasks, {**untuned, **tuning.best_ms(tasks, run.work.path)}), first + rest)
+            else:
+                phase("kernels without a first round (one round each)", owing_first_round(tasks, done, untuned), first)
+                phase("heaviest kernels", heaviest(tasks, {**untuned, **tuning.best_ms(tasks, run.work.path)}), rest)
     except BaseException as e:
         runner.abort()
         if stop.is_set():
