@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -48,14 +49,22 @@ def lower_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     return cpu_pipeline.dataflow_lower_passes(target) + cpu_pipeline.finalize_passes(target)
 
 
+# Legalization runs TOPI's computes, which enter te.TagScope: one slot for the whole process,
+# which raises "nested op_tag" when a second thread enters it. Builds run in threads
+# (pipeline.compile.build.in_parallel), so this step takes turns; the rest runs at once.
+_LEGALIZING = threading.Lock()
+
+
 def build(mod: tvm.IRModule, target: tvm.target.Target, work_dir: str | Path | None = None) -> relax.VMExecutable:
     """Compile ``mod``; with ``work_dir``, every kernel found in its MetaSchedule
     database gets its best measured schedule (the rest keep the default lowering)."""
     @tvm.transform.module_pass(opt_level=0)
     def pipeline(m: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         with target:
+            with _LEGALIZING:
+                m = tvm.transform.Sequential(prepare_passes(target))(m)
             database = [] if work_dir is None else [relax.transform.MetaScheduleApplyDatabase(str(work_dir))]
-            return tvm.transform.Sequential([*prepare_passes(target), *database, *lower_passes(target)])(m)
+            return tvm.transform.Sequential([*database, *lower_passes(target)])(m)
 
     return tvm.compile(mod, target=target, relax_pipeline=pipeline)
 
