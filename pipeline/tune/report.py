@@ -280,7 +280,7 @@ def compare(reports: list[dict]) -> str:
         "work directory": lambda r: f"`{Path(r['work_dir']).name}`",
         "model": lambda r: r["model"], "device": _device,
         "input": lambda r: "x".join(map(str, r["input_size"])), "threads": lambda r: r["threads"],
-        "trials": lambda r: r["trials"], "tuning time s": lambda r: f"{r['elapsed_s']:.0f}",
+        "trials": lambda r: r["trials"], "last run s": lambda r: f"{r['elapsed_s']:.0f}",
         "untuned median ms": lambda r: f"{r['untuned']['median_ms']:.2f}",
         "tuned median ms": lambda r: f"{r['tuned']['median_ms']:.2f}",
         "best-kernels sum ms": lambda r: f"{r['curve']['best_kernels_ms'][-1][1]:.2f}",
