@@ -173,6 +173,10 @@ def search(run: Run, tasks: list, untuned: dict[str, float], trials: int, how: s
     progress = ProgressPrinter(run.log, run.t_start)
     runner = _runner(run, stop, progress)
 
+    def per_call_ms() -> dict[str, float]:
+        """Each task's best measured latency so far; its untuned one until it has a record."""
+        return {**untuned, **tuning.best_ms(tasks, run.work.path)}
+
     def phase(name: str, group: list, budget: int) -> None:
         group = reachable(group, budget)
         if group:
@@ -183,11 +187,11 @@ def search(run: Run, tasks: list, untuned: dict[str, float], trials: int, how: s
     try:
         with quiet_tvm(), handling(request_stop(stop), signal.SIGINT, signal.SIGTERM):
             if how == "plain":
-                phase("kernels, MetaSchedule's task scheduler over all of them",
-                      by_time(tasks, {**untuned, **tuning.best_ms(tasks, run.work.path)}), first + rest)
+                phase("kernels, MetaSchedule's task scheduler over all of them", by_time(tasks, per_call_ms()),
+                      first + rest)
             else:
                 phase("kernels without a first round (one round each)", owing_first_round(tasks, done, untuned), first)
-                phase("heaviest kernels", heaviest(tasks, {**untuned, **tuning.best_ms(tasks, run.work.path)}), rest)
+                phase("heaviest kernels", heaviest(tasks, per_call_ms()), rest)  # after phase one's records
     except BaseException as e:
         runner.abort()
         if stop.is_set():
