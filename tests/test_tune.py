@@ -113,30 +113,15 @@ def test_resume_measures_only_new_candidates(dirs, host_run):
     assert len(set(zip(workloads, traces, strict=True))) == len(after), "a candidate was measured twice"
 
 
-def test_plain_search_tunes_in_a_work_directory_of_its_own(dirs, host_run):
-    default, _ = host_run
-    before = _records(Path(default.report["work_dir"]))
-    result, logs = _tune(dirs, device="host", trials=16, search="plain", profile=False)
-    report = result.report
-    assert Path(report["work_dir"]).name == "tiny-host-64x96-t1-plain"
-    assert result.artifact.name == "tuned-tiny-host-64x96-t1-plain"
-    assert report["command"].endswith(" SEARCH=plain") and report["trials"] >= 16
-    # One MetaSchedule call over the kernels, heaviest first, and no focused second phase.
-    assert any("task scheduler over all of them" in line for line in logs)
-    assert not any("heaviest kernels" in line or "without a first round" in line for line in logs)
-    tuned = {t["task"] for t in report["tasks"] if t["trials"]}
-    weighted = sorted(report["tasks"], key=lambda t: -t["untuned_ms"] * t["calls"])
-    assert tuned == {t["task"] for t in weighted[: len(tuned)]}
-    assert _records(Path(default.report["work_dir"])) == before  # the default database is untouched
-
-
 def test_list_and_compare_commands(dirs, host_run, tmp_path):
     result, _ = host_run
     exe = str(Path(sys.executable).with_name("ppmseg"))
     out = subprocess.run([exe, "report", str(result.artifact), str(result.artifact / "report.json"),
                           str(result.artifact)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "tuned median ms" in out.stdout and "| A | B | C |" in out.stdout
-    assert f"- C: `{result.report['command']}`" in out.stdout
+    # The report on disk, not the fixture's: the resume test may have re-run this work directory.
+    command = json.loads((result.artifact / "report.json").read_text())["command"]
+    assert f"- C: `{command}`" in out.stdout
     one = subprocess.run([exe, "report", str(result.artifact)], capture_output=True, text=True, timeout=120)
     assert one.returncode == 2 and "at least two reports" in one.stderr
     bad = subprocess.run([exe, "report", str(tmp_path), str(result.artifact)], capture_output=True, text=True,
