@@ -158,16 +158,35 @@ def reachable(group: list, budget: int) -> list:
     return group[: math.ceil(budget / tuning.trials_per_round(budget, len(group)))] if budget else []
 
 
+@dataclass(frozen=True)
+class Phase:
+    """One MetaSchedule call of the search."""
+
+    kernels: str  # what the log calls the kernels it tunes
+    budget: int
+    group: Callable[[], list]  # chosen when the phase starts, after the earlier phases' records
+
+
+def plan(how: str, tasks: list, trials: int, done: dict[str, int], untuned: dict[str, float],
+         per_call_ms: Callable[[], dict[str, float]]) -> list[Phase]:
+    """The phases of a search for ``trials`` records in all (those in the database count).
+    ``focused``: a first round for the kernels that have not had theirs, heaviest first, then
+    the kernels holding most of the tuned time. ``plain``: one call over every kernel,
+    heaviest first."""
+    first, rest = phase_budgets(tasks, trials, done)
+    if how == "plain":
+        return [Phase("kernels, MetaSchedule's task scheduler over all of them", first + rest,
+                      lambda: by_time(tasks, per_call_ms()))]
+    return [Phase("kernels without a first round (one round each)", first,
+                  lambda: owing_first_round(tasks, done, untuned)),
+            Phase("heaviest kernels", rest, lambda: heaviest(tasks, per_call_ms()))]
+
+
 def search(run: Run, tasks: list, untuned: dict[str, float], trials: int, how: str = "focused") -> None:
-    """MetaSchedule up to ``trials`` records in all (those already in the database count).
-    ``focused``: two phases, a first round for the kernels that have not had theirs, heaviest
-    first, then the kernels holding most of the tuned time. ``plain``: one call over every
-    kernel, heaviest first. Signals stop the search between batches; a device that does not
-    come back stops it with DeviceLost."""
+    """MetaSchedule, phase by phase as ``plan`` says. Signals stop the search between batches;
+    a device that does not come back stops it with DeviceLost."""
     from schedules import tuning
 
-    done = run.work.trials_per_task(tasks)
-    first, rest = phase_budgets(tasks, trials, done)
     builder = tuning.PooledBuilder(functools.partial(_builder_export, run.device.config.linker))
     stop = threading.Event()
     progress = ProgressPrinter(run.log, run.t_start)
@@ -177,21 +196,15 @@ def search(run: Run, tasks: list, untuned: dict[str, float], trials: int, how: s
         """Each task's best measured latency so far; its untuned one until it has a record."""
         return {**untuned, **tuning.best_ms(tasks, run.work.path)}
 
-    def phase(name: str, group: list, budget: int) -> None:
-        group = reachable(group, budget)
-        if group:
-            run.log(f"tuning the {len(group)} {name}: {budget} trials")
-            progress.start(budget)
-            tuning.tune(group, run.work.path, budget, builder=builder, runner=runner, on_update=progress.on_update)
-
     try:
         with quiet_tvm(), handling(request_stop(stop), signal.SIGINT, signal.SIGTERM):
-            if how == "plain":
-                phase("kernels, MetaSchedule's task scheduler over all of them", by_time(tasks, per_call_ms()),
-                      first + rest)
-            else:
-                phase("kernels without a first round (one round each)", owing_first_round(tasks, done, untuned), first)
-                phase("heaviest kernels", heaviest(tasks, per_call_ms()), rest)  # after phase one's records
+            for phase in plan(how, tasks, trials, run.work.trials_per_task(tasks), untuned, per_call_ms):
+                group = reachable(phase.group(), phase.budget)
+                if group:
+                    run.log(f"tuning the {len(group)} {phase.kernels}: {phase.budget} trials")
+                    progress.start(phase.budget)
+                    tuning.tune(group, run.work.path, phase.budget, builder=builder, runner=runner,
+                                on_update=progress.on_update)
     except BaseException as e:
         runner.abort()
         if stop.is_set():

@@ -1,0 +1,67 @@
+"""How a tuning run spreads its trials over the kernels (``--search focused|plain``) and where
+each search keeps its database; the search itself runs end to end in tests/test_tune.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.compile.passes import GraphOptions
+from pipeline.tune.job import TuneRequest
+from pipeline.tune.steps import FIRST_ROUND, plan, reachable
+from pipeline.tune.workdir import WorkDir
+
+
+@dataclass(frozen=True)
+class Task:  # what the plan reads of MetaSchedule's ExtractedTask
+    task_name: str
+    weight: int
+
+
+# untuned ms per call times calls: c 6, a 4, d 3, b 1 (of 14)
+TASKS = [Task("a", 2), Task("b", 1), Task("c", 3), Task("d", 1)]
+UNTUNED = {"a": 2.0, "b": 1.0, "c": 2.0, "d": 3.0}
+
+
+def _names(tasks: list) -> list[str]:
+    return [t.task_name for t in tasks]
+
+
+def test_plain_is_one_phase_over_every_kernel_heaviest_first():
+    (phase,) = plan("plain", TASKS, 100, dict.fromkeys("abcd", 0), UNTUNED, lambda: UNTUNED)
+    assert phase.budget == 100 and "task scheduler over all of them" in phase.kernels
+    assert _names(phase.group()) == ["c", "a", "d", "b"]
+
+
+def test_focused_gives_a_first_round_then_the_heaviest_by_what_is_measured_by_then():
+    measured = dict(UNTUNED)
+    done = {"a": FIRST_ROUND, "b": 0, "c": 0, "d": 3}  # a has had its round; d is short of one
+    first, second = plan("focused", TASKS, 100, done, UNTUNED, lambda: measured)
+    assert first.budget == 3 * FIRST_ROUND and _names(first.group()) == ["c", "d", "b"]
+    assert second.budget == 100 - sum(done.values()) - first.budget
+    measured["c"] = 0.1  # the first round made c fast: the second phase is chosen after it
+    assert _names(second.group()) == ["a", "d"]  # 4 + 3 of 8.3: the fewest holding 80 %
+
+
+def test_records_in_the_database_count_against_the_budget():
+    done = dict.fromkeys("abcd", 30)
+    assert [p.budget for p in plan("focused", TASKS, 100, done, UNTUNED, lambda: UNTUNED)] == [0, 0]
+    assert [p.budget for p in plan("plain", TASKS, 130, done, UNTUNED, lambda: UNTUNED)] == [10]
+
+
+def test_a_small_budget_is_not_spread_over_kernels_it_cannot_reach():
+    assert _names(reachable(TASKS, 8)) == ["a"] and reachable(TASKS, 0) == []
+    assert len(reachable(TASKS, 1000)) == len(TASKS)
+
+
+def test_each_search_and_layout_tunes_in_a_work_directory_of_its_own(tmp_path: Path):
+    def work(req: TuneRequest) -> str:
+        return WorkDir.of(req.model, req.device, req.input_size, 1, tmp_path, req.variant).path.name
+
+    focused, plain = TuneRequest(input_size=(64, 96)), TuneRequest(input_size=(64, 96), search="plain")
+    both = TuneRequest(input_size=(64, 96), search="plain", graph=GraphOptions(blocked=False))
+    assert [work(r) for r in (focused, plain, both)] == ["tiny-host-64x96-t1", "tiny-host-64x96-t1-plain",
+                                                         "tiny-host-64x96-t1-nchw-plain"]
+    assert focused.command(1) == "make tune DEVICE=host MODEL=tiny TRIALS=1600 INPUT=64x96 THREADS=1"
+    assert plain.command(1).endswith(" THREADS=1 SEARCH=plain")
+    assert both.command(1).endswith(" LAYOUT=nchw SEARCH=plain")
