@@ -201,6 +201,26 @@ def _fail_start(rec: Record, what: str) -> RPCError:
     return RPCError(f"{rec.name} {what}" + (f": {line}" if line else f" (log: {rec.log})"))
 
 
+def _respawn(rec: Record, port: int | None = None) -> Record:
+    """``rec``'s command started again (on ``port`` instead of its own, if given)."""
+    cmd = rec.cmd if port is None else [str(port) if prev == "--port" else str(port + 1) if prev == "--port-end"
+                                        else arg for prev, arg in zip(["", *rec.cmd[:-1]], rec.cmd, strict=True)]
+    proc, log = _spawn(rec.name, cmd, env={"TVM_NUM_THREADS": str(rec.threads)} if rec.threads else None)
+    new = Record(**{**asdict(rec), "pid": proc.pid, "port": port or rec.port, "log": str(log),
+                    "created": _created(proc.pid), "cmd": cmd})
+    _write(new)
+    return new
+
+
+def _moved_if_port_lost(rec: Record) -> Record | None:
+    """A process that exited at start because another one took its port between the check and
+    its bind (another state directory's tracker or servers starting at the same moment),
+    started again on the next free port; None when it exited for another reason."""
+    if rec.alive() or _port_free(rec.port):
+        return None
+    return _respawn(rec, _pick_port(rec.port + 1, {r.port for r in _live()} | {rec.port}))
+
+
 def start_tracker(port: int = DEFAULT_PORT, timeout: float = TRACKER_READY_TIMEOUT) -> Record:
     """Start ``tvm.exec.rpc_tracker`` on 127.0.0.1 (the next free port from ``port``), or
     return the running one."""
@@ -218,9 +238,12 @@ def start_tracker(port: int = DEFAULT_PORT, timeout: float = TRACKER_READY_TIMEO
     deadline = time.monotonic() + timeout
     while True:
         if not rec.alive():
-            raise _fail_start(rec, "exited at start")
+            moved = _moved_if_port_lost(rec)
+            if moved is None:
+                raise _fail_start(rec, "exited at start")
+            rec = moved
         try:
-            with TrackerClient((LOCAL_HOST, port), timeout=2.0) as t:
+            with TrackerClient((LOCAL_HOST, rec.port), timeout=2.0) as t:
                 t.summary()
             return rec
         except RPCError:
@@ -278,24 +301,29 @@ def start_servers(device: str | DeviceProfile = "host", count: int | None = None
         new.append(rec)
     if new:
         timeout = timeout or (EMULATED_READY_TIMEOUT if new[0].emulated else HOST_READY_TIMEOUT)
-        _wait_registered(new, tracker.port, timeout)
+        new = _wait_registered(new, tracker.port, timeout)
     return sorted(live + new, key=lambda r: r.name)
 
 
-def _wait_registered(new: list[Record], tracker_port: int, timeout: float) -> None:
+def _wait_registered(new: list[Record], tracker_port: int, timeout: float) -> list[Record]:
+    """``new`` once the tracker lists them all (with the ports of any that had to move)."""
     deadline = time.monotonic() + timeout
     key = new[0].key
+    new = list(new)
     while True:
-        for rec in new:
+        for i, rec in enumerate(new):
             if not rec.alive():
-                for other in new:
-                    if other is not rec:
-                        _terminate(other)
-                        other.path.unlink(missing_ok=True)
-                raise _fail_start(rec, "exited at start")
+                moved = _moved_if_port_lost(rec)
+                if moved is None:
+                    for other in new:
+                        if other is not rec:
+                            _terminate(other)
+                            other.path.unlink(missing_ok=True)
+                    raise _fail_start(rec, "exited at start")
+                new[i] = moved
         try:
             wait_for_servers((LOCAL_HOST, tracker_port), key, len(new), timeout=0, ports=[r.port for r in new])
-            return
+            return new
         except RPCError as e:
             if time.monotonic() > deadline:
                 for rec in new:
@@ -316,10 +344,7 @@ def restart_hung(server: tuple[str, int]) -> bool:
     if rec is None or rec.tracker_port is None:
         return False
     _terminate(rec)
-    proc, log = _spawn(rec.name, rec.cmd, env={"TVM_NUM_THREADS": str(rec.threads)} if rec.threads else None)
-    new = Record(**{**asdict(rec), "pid": proc.pid, "log": str(log), "created": _created(proc.pid)})
-    _write(new)
-    _wait_registered([new], rec.tracker_port, EMULATED_READY_TIMEOUT if rec.emulated else HOST_READY_TIMEOUT)
+    _wait_registered([_respawn(rec)], rec.tracker_port, EMULATED_READY_TIMEOUT if rec.emulated else HOST_READY_TIMEOUT)
     return True
 
 

@@ -173,6 +173,34 @@ def test_host_server_matches_local_run(rpc_dir, tiny_libs):
     assert timing.threads == load_profile("host").threads
 
 
+def test_tracker_and_server_that_lose_their_port_start_again_on_the_next(tmp_path, monkeypatch):
+    """Another fleet (another state directory) may bind a port between our check and the bind of
+    the process we start on it: that process exits and is started again on the next free port."""
+    monkeypatch.setenv("PPMSEG_RPC_DIR", str(tmp_path))
+    monkeypatch.delenv("TRACKER", raising=False)
+    blockers = [socket.socket() for _ in range(2)]
+    for b in blockers:
+        b.bind(("127.0.0.1", 0))
+        b.listen(1)
+    taken = [b.getsockname()[1] for b in blockers]
+    real = servers._port_free
+    # The check sees each taken port free once: the other fleet binds right after it.
+    monkeypatch.setattr(servers, "_port_free", lambda port: taken.remove(port) is None if port in taken else real(port))
+    monkeypatch.setattr(servers, "SERVER_PORT", blockers[1].getsockname()[1])
+    try:
+        tracker = servers.start_tracker(port=blockers[0].getsockname()[1])
+        (server,) = servers.start_servers("host", count=1)
+        assert taken == []  # both checks were fooled
+        assert tracker.port != blockers[0].getsockname()[1] and tracker.alive()
+        assert server.port != blockers[1].getsockname()[1] and server.alive()
+        assert {r.name: r.port for r in servers.records()} == {"tracker": tracker.port, server.name: server.port}
+        assert servers.devices()["host"].free == 1
+    finally:
+        servers.stop()
+        for b in blockers:
+            b.close()
+
+
 def test_tracker_reuse_busy_port_and_stop(tmp_path, monkeypatch):
     monkeypatch.setenv("PPMSEG_RPC_DIR", str(tmp_path))
     monkeypatch.delenv("TRACKER", raising=False)
