@@ -16,6 +16,7 @@ SEARCH ?= focused
 FRONTEND ?= torch
 INPUT ?= 512x512
 THREADS ?= 1
+TEST_WORKERS ?= 2
 BUILD_DIR ?= build/$(MODEL)-$(DEVICE)-$(UPSAMPLE)-$(INPUT)
 
 RUNNER := build/ppmseg-run
@@ -60,7 +61,7 @@ lint: setup  ## ruff
 	$(VENV)/bin/ruff check .
 
 test: setup reference emulator lint  ## Lint and run the whole test suite (provisions the emulated SD855 first)
-	PPMSEG_REFERENCE_DIR=$(REFERENCE_DIR) $(VENV)/bin/pytest -q
+	PPMSEG_REFERENCE_DIR=$(REFERENCE_DIR) $(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 info: setup  ## Parameters, GFLOPs and stage shapes (MODEL=tiny|base)
 	$(PPMSEG) info --model $(MODEL)
