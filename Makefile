@@ -12,7 +12,7 @@ DEVICE ?= host
 TRIALS ?=
 UPSAMPLE ?= vim
 LAYOUT ?= blocked
-SEARCH ?= focused
+SEARCH ?=
 FRONTEND ?= torch
 INPUT ?= 512x512
 THREADS ?= 1
@@ -85,7 +85,7 @@ bench: setup reference  ## PyTorch, ONNX Runtime, Paddle Inference, TVM untuned/
 
 tune: setup  ## Tune for DEVICE=host|sd855 [MODEL=] [THREADS=1|N|all] [TRIALS=] [TRACKER=host:port] [INPUT=HxW] [LAYOUT=blocked|nchw] [SEARCH=focused|plain]; prints the artifact dir last
 	$(PPMSEG) tune --model $(MODEL) --device $(DEVICE) --input-size $(INPUT) --threads $(THREADS) --layout $(LAYOUT) \
-		--search $(SEARCH) $(if $(TRIALS),--trials $(TRIALS)) \
+		$(if $(SEARCH),--search $(SEARCH)) $(if $(TRIALS),--trials $(TRIALS)) \
 		$(if $(TRACKER),--tracker $(TRACKER))
 
 tracker: setup  ## Start the local RPC tracker on 127.0.0.1 (reused if running)

@@ -15,7 +15,7 @@ from pipeline.cli.options import (
     graph_options,
     note_weights,
 )
-from pipeline.tune.job import DEFAULT_TRIALS, SEARCHES
+from pipeline.tune.job import DEFAULT_SEARCH, DEFAULT_TRIALS, SEARCHES
 
 
 @click.command()
@@ -35,7 +35,7 @@ from pipeline.tune.job import DEFAULT_TRIALS, SEARCHES
 @click.option("--out-root", type=click.Path(file_okay=False, path_type=Path), help="Where the tuned artifacts "
               "go (default: ./build).")
 @graph_options
-@click.option("--search", type=click.Choice(SEARCHES), default="focused", show_default=True,
+@click.option("--search", type=click.Choice(SEARCHES), default=DEFAULT_SEARCH, show_default=True,
               help="focused: one round for every kernel, then the rest of the trials for the kernels holding "
               "80% of the time; plain: one MetaSchedule call over every kernel (a work directory of its own).")
 @click.option("--profile/--no-profile", default=True, show_default=True, help="Time every part of the network "

@@ -26,6 +26,7 @@ DEFAULT_TRIALS = 1600
 # heaviest, see steps.search); "plain" gives the whole budget to one MetaSchedule call over
 # every kernel (its own task scheduler), to measure what focusing buys.
 SEARCHES = ("focused", "plain")
+DEFAULT_SEARCH = "focused"  # the other searches tune in work directories of their own
 # How long tuning waits for a server with the device's key to come back before it stops.
 DEVICE_WAIT = float(os.environ.get("PPMSEG_DEVICE_WAIT", 300))
 
@@ -43,19 +44,19 @@ class TuneRequest:
     device_wait: float = DEVICE_WAIT  # seconds to wait for a lost device before stopping
     graph: GraphOptions = SHIPPED  # the graph passes (a work directory of their own unless default)
     profile: bool = True  # the latency profile by part of the network (two more builds)
-    search: str = "focused"  # how the trials are spread over the kernels (SEARCHES)
+    search: str = DEFAULT_SEARCH  # how the trials are spread over the kernels (SEARCHES)
 
     @property
     def variant(self) -> str:
         """What the work directory's name adds: options other than the defaults get their own."""
-        return self.graph.suffix + ("" if self.search == "focused" else f"-{self.search}")
+        return self.graph.suffix + ("" if self.search == DEFAULT_SEARCH else f"-{self.search}")
 
     def command(self, threads: int) -> str:
         """The make command that repeats this run."""
         return (f"make tune DEVICE={self.device} MODEL={self.model} TRIALS={self.trials} "
                 f"INPUT={self.input_size[0]}x{self.input_size[1]} THREADS={threads}"
                 + ("" if self.graph == SHIPPED else f" LAYOUT={self.graph.suffix[1:]}")
-                + ("" if self.search == "focused" else f" SEARCH={self.search}"))
+                + ("" if self.search == DEFAULT_SEARCH else f" SEARCH={self.search}"))
 
 
 @dataclass

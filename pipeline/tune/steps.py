@@ -182,7 +182,7 @@ def plan(how: str, tasks: list, trials: int, done: dict[str, int], untuned: dict
             Phase("heaviest kernels", rest, lambda: heaviest(tasks, per_call_ms()))]
 
 
-def search(run: Run, tasks: list, untuned: dict[str, float], trials: int, how: str = "focused") -> None:
+def search(run: Run, tasks: list, untuned: dict[str, float], trials: int, how: str) -> None:
     """MetaSchedule, phase by phase as ``plan`` says. Signals stop the search between batches;
     a device that does not come back stops it with DeviceLost."""
     from schedules import tuning
