@@ -58,10 +58,10 @@ def test_each_search_and_layout_tunes_in_a_work_directory_of_its_own(tmp_path: P
     def work(req: TuneRequest) -> str:
         return WorkDir.of(req.model, req.device, req.input_size, 1, tmp_path, req.variant).path.name
 
-    focused, plain = TuneRequest(input_size=(64, 96)), TuneRequest(input_size=(64, 96), search="plain")
-    both = TuneRequest(input_size=(64, 96), search="plain", graph=GraphOptions(blocked=False))
-    assert [work(r) for r in (focused, plain, both)] == ["tiny-host-64x96-t1", "tiny-host-64x96-t1-plain",
-                                                         "tiny-host-64x96-t1-nchw-plain"]
-    assert focused.command(1) == "make tune DEVICE=host MODEL=tiny TRIALS=1600 INPUT=64x96 THREADS=1"
-    assert plain.command(1).endswith(" THREADS=1 SEARCH=plain")
-    assert both.command(1).endswith(" LAYOUT=nchw SEARCH=plain")
+    plain, focused = TuneRequest(input_size=(64, 96)), TuneRequest(input_size=(64, 96), search="focused")
+    both = TuneRequest(input_size=(64, 96), search="focused", graph=GraphOptions(blocked=False))
+    assert [work(r) for r in (plain, focused, both)] == ["tiny-host-64x96-t1", "tiny-host-64x96-t1-focused",
+                                                         "tiny-host-64x96-t1-nchw-focused"]
+    assert plain.command(1) == "make tune DEVICE=host MODEL=tiny TRIALS=1600 INPUT=64x96 THREADS=1"
+    assert focused.command(1).endswith(" THREADS=1 SEARCH=focused")
+    assert both.command(1).endswith(" LAYOUT=nchw SEARCH=focused")

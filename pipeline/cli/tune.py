@@ -36,8 +36,9 @@ from pipeline.tune.job import DEFAULT_SEARCH, DEFAULT_TRIALS, SEARCHES
               "go (default: ./build).")
 @graph_options
 @click.option("--search", type=click.Choice(SEARCHES), default=DEFAULT_SEARCH, show_default=True,
-              help="focused: one round for every kernel, then the rest of the trials for the kernels holding "
-              "80% of the time; plain: one MetaSchedule call over every kernel (a work directory of its own).")
+              help="plain: one MetaSchedule call over every kernel, heaviest first; focused: one round for "
+              "every kernel, then the rest of the trials for the kernels holding 80% of the time (a work "
+              "directory of its own).")
 @click.option("--profile/--no-profile", default=True, show_default=True, help="Time every part of the network "
               "untuned and tuned for the report (two more builds).")
 @click.option("--list", "list_only", is_flag=True, help="List the tuning work directories and stop.")
