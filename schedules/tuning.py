@@ -18,7 +18,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -204,9 +204,15 @@ class TuneProgress:
 
     tasks: int
     task_names: list[str]
+    calls: dict[str, int] = field(default_factory=dict)  # how often the network calls each task's kernel
     trials: int = 0
     errors: int = 0
-    best_ms: dict[str, float] | None = None
+    best_ms: dict[str, float] | None = None  # per call, the best this tuning call measured
+
+    def best_kernels_ms(self) -> float:
+        """Calls x best latency over the tasks measured so far (the report's best-kernels sum
+        for them)."""
+        return sum(ms * self.calls.get(name, 1) for name, ms in (self.best_ms or {}).items())
 
 
 @derived_object
@@ -374,7 +380,8 @@ def tune(
     # call after the first would print all of them.
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, work_dir, seed=seed)
-    progress = TuneProgress(tasks=len(contexts), task_names=[c.task_name for c in contexts])
+    progress = TuneProgress(tasks=len(contexts), task_names=[c.task_name for c in contexts],
+                            calls={c.task_name: int(w) for c, w in zip(contexts, weights, strict=True)})
     if max_trials <= 0 or not contexts:
         return progress
     callbacks = [*ms.measure_callback.MeasureCallback.create("default"), ProgressCallback(progress, on_update)]

@@ -35,7 +35,7 @@ class ProgressPrinter:
         if counts == self.last[1] or (now - self.last[0] < 5 and measured < self.budget):
             return
         self.last = (now, counts)
-        best = sum((p.best_ms or {}).values()) if p else 0.0
+        best = p.best_kernels_ms() if p else 0.0
         tasks = f"{len(p.best_ms or {})}/{p.tasks}" if p else "0"
         self.log(f"  trials sent {min(self.sent, self.budget)}/{self.budget}  measured {measured}  tasks measured "
                  f"{tasks}  errors {p.errors if p else 0}  best-kernels sum {best:.1f} ms  "
