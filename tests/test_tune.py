@@ -166,3 +166,10 @@ def test_builder_keeps_its_workers_across_batches_and_reports_failures():
     assert all(r.error_msg is None for batch in batches for r in batch)
     assert len({p.split(":")[0] for p in paths}) == 1 and int(paths[0].split(":")[0]) != os.getpid()
     assert failed[0].artifact_path is None and "not passed in as API arguments" in failed[0].error_msg
+
+
+def test_progress_weighs_each_kernel_by_its_calls_as_the_report_does():
+    from schedules.tuning import TuneProgress
+
+    p = TuneProgress(tasks=3, task_names=["a", "b", "c"], calls={"a": 3, "b": 1, "c": 2}, best_ms={"a": 2.0, "b": 1.0})
+    assert p.best_kernels_ms() == 7.0  # c not measured yet
