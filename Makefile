@@ -12,6 +12,7 @@ DEVICE ?= host
 TRIALS ?=
 UPSAMPLE ?= vim
 LAYOUT ?= blocked
+FUSE ?=
 SEARCH ?=
 FRONTEND ?= torch
 INPUT ?= 512x512
@@ -20,6 +21,8 @@ TEST_WORKERS ?= 2
 BUILD_DIR ?= build/$(MODEL)-$(DEVICE)-$(UPSAMPLE)-$(INPUT)
 
 RUNNER := build/ppmseg-run
+# FUSE=on|off: --fuse / --no-fuse; unset: the shipped default.
+FUSE_ARG = $(if $(filter on,$(FUSE)),--fuse,$(if $(filter off,$(FUSE)),--no-fuse))
 SERVERS ?= 1
 
 .PHONY: help setup reference test lint demo info build bench-vim bench tune tracker emulator host-server emulator-server \
@@ -69,9 +72,9 @@ info: setup  ## Parameters, GFLOPs and stage shapes (MODEL=tiny|base)
 demo: setup  ## Segment a real photograph; writes demo/labels.png and demo/overlay.png
 	$(PPMSEG) demo --model $(MODEL) -o demo
 
-build: setup  ## Compile: MODEL=tiny|base DEVICE=host UPSAMPLE=vim|interpolate FRONTEND=torch|onnx INPUT=HxW LAYOUT=blocked|nchw
+build: setup  ## Compile: MODEL=tiny|base DEVICE=host UPSAMPLE=vim|interpolate FRONTEND=torch|onnx INPUT=HxW LAYOUT=blocked|nchw FUSE=on|off
 	$(PPMSEG) compile --model $(MODEL) --device $(DEVICE) --upsample $(UPSAMPLE) --frontend $(FRONTEND) \
-		--input-size $(INPUT) --layout $(LAYOUT) -o $(BUILD_DIR)
+		--input-size $(INPUT) --layout $(LAYOUT) $(FUSE_ARG) -o $(BUILD_DIR)
 
 bench-vim: setup  ## Fused VIM vs unfused vs plain upsample (THREADS=1); writes bench/results/vim.*
 	$(PPMSEG) bench-vim --threads $(THREADS)
@@ -83,9 +86,9 @@ bench: setup reference  ## PyTorch, ONNX Runtime, Paddle Inference, TVM untuned/
 		$(PPMSEG) bench-peers --model $$m --threads $(THREADS) --device $(DEVICE) \
 			--command "make bench MODEL=$$m THREADS=$(THREADS) DEVICE=$(DEVICE)"; done
 
-tune: setup  ## Tune for DEVICE=host|sd855 [MODEL=] [THREADS=1|N|all] [TRIALS=] [TRACKER=host:port] [INPUT=HxW] [LAYOUT=blocked|nchw] [SEARCH=plain|focused]; prints the artifact dir last
+tune: setup  ## Tune for DEVICE=host|sd855 [MODEL=] [THREADS=1|N|all] [TRIALS=] [TRACKER=host:port] [INPUT=HxW] [LAYOUT=blocked|nchw] [FUSE=on|off] [SEARCH=plain|focused]; prints the artifact dir last
 	$(PPMSEG) tune --model $(MODEL) --device $(DEVICE) --input-size $(INPUT) --threads $(THREADS) --layout $(LAYOUT) \
-		$(if $(SEARCH),--search $(SEARCH)) $(if $(TRIALS),--trials $(TRIALS)) \
+		$(FUSE_ARG) $(if $(SEARCH),--search $(SEARCH)) $(if $(TRIALS),--trials $(TRIALS)) \
 		$(if $(TRACKER),--tracker $(TRACKER))
 
 tracker: setup  ## Start the local RPC tracker on 127.0.0.1 (reused if running)

@@ -113,11 +113,11 @@ def schedule_blocked_conv(sch: Schedule, block: SBlockRV) -> list[Schedule]:
     for loop in inner:
         sch.unroll(loop)
     sch.vectorize(v)
-    _fuse_epilogue(sch, block, outer["x"])
+    fuse_epilogue(sch, block, outer["x"])
     return [sch]
 
 
-def _fuse_epilogue(sch: Schedule, block: SBlockRV, loop: LoopRV) -> None:
+def fuse_epilogue(sch: Schedule, block: SBlockRV, loop: LoopRV) -> None:
     """Inline the element-wise blocks after ``block`` into the last one and compute that one
     in ``loop``, so each tile is written once, finished. A step the blocks do not allow (a
     failed primitive leaves the schedule as it was) leaves the rest to the default rules."""
@@ -143,6 +143,13 @@ def _compute_for(data_layout: str, kernel_layout: str, block: int):  # noqa: ANN
     }.get((data_layout, kernel_layout))
 
 
+def out_dtype(call: relax.Call) -> str:
+    """A ``relax.nn.conv2d``'s accumulation type: the ONNX importer leaves ``out_dtype`` unset
+    (None), torch.export's sets it or "void"; then the result's type."""
+    dtype = str(call.attrs.out_dtype)
+    return dtype if dtype not in ("", "void", "None") else str(call.ty.dtype)
+
+
 def legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     """A ``relax.nn.conv2d`` with a blocked output becomes a call of the matching compute;
     any other goes to TVM's registered legalization."""
@@ -153,8 +160,6 @@ def legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     compute = _compute_for(attrs.data_layout, attrs.kernel_layout, int(blocked.group(1)))
     if compute is None:
         raise ValueError(f"no blocked conv2d for {attrs.data_layout} x {attrs.kernel_layout} -> {attrs.out_layout}")
-    # The ONNX importer leaves out_dtype unset (None), torch.export's sets it or "void".
-    out_dtype = str(attrs.out_dtype) if str(attrs.out_dtype) not in ("", "void", "None") else str(call.ty.dtype)
     return bb.call_te(compute, call.args[0], call.args[1], [int(s) for s in attrs.strides],
-                      [int(p) for p in attrs.padding], [int(d) for d in attrs.dilation], out_dtype,
+                      [int(p) for p in attrs.padding], [int(d) for d in attrs.dilation], out_dtype(call),
                       primfunc_name_hint=compute.__name__)

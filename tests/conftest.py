@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,3 +64,27 @@ def private_rpc_state(directory: Path) -> Iterator[Path]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def rpc_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A private state directory: these tests never touch a fleet the user started."""
+    with private_rpc_state(tmp_path_factory.mktemp("rpc-state")) as directory:
+        yield directory
+
+
+@pytest.fixture(scope="module")
+def emulated(rpc_dir: Path) -> tuple:
+    """Provision the emulated SD855 (cached under .cache/emulator) and start two servers:
+    ``(emulation, server records)``."""
+    from rpc import emulator, servers
+    from rpc.devices import load_profile
+
+    t0 = time.perf_counter()
+    was_cached = emulator.provisioned()
+    emu = emulator.ensure(load_profile("sd855").emulation.qemu_cpu)
+    t1 = time.perf_counter()
+    recs = servers.start_servers("sd855", 2, threads=1)
+    print(f"\nemulator {'cache hit' if was_cached else 'provisioned from scratch'} in {t1 - t0:.1f} s; "
+          f"two emulated servers ready in {time.perf_counter() - t1:.1f} s")
+    return emu, recs

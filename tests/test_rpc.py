@@ -23,7 +23,6 @@ from rpc import emulator, servers, session
 from rpc.devices import DeviceError, load_profile, resolve_mode
 from rpc.linkers import LinkerError, build_config
 from rpc.tracker import RPCError, wait_for_servers
-from tests.conftest import private_rpc_state
 
 TIE = 1e-5
 EMU_SIZE = (128, 128)
@@ -79,26 +78,6 @@ def _assert_one_line_error(err: BaseException | None, seconds: float, bound: flo
     assert seconds < bound, f"took {seconds:.1f} s (bound {bound} s): {msg}"
     for w in words:
         assert w in msg, msg
-
-
-@pytest.fixture(scope="module")
-def rpc_dir(tmp_path_factory):
-    """A private state directory: these tests never touch a fleet the user started."""
-    with private_rpc_state(tmp_path_factory.mktemp("rpc-state")) as directory:
-        yield directory
-
-
-@pytest.fixture(scope="module")
-def emulated(rpc_dir):
-    """Provision the emulated SD855 (cached under .cache/emulator) and start two servers."""
-    t0 = time.perf_counter()
-    was_cached = emulator.provisioned()
-    emu = emulator.ensure(load_profile("sd855").emulation.qemu_cpu)
-    t1 = time.perf_counter()
-    recs = servers.start_servers("sd855", 2, threads=1)
-    print(f"\nemulator {'cache hit' if was_cached else 'provisioned from scratch'} in {t1 - t0:.1f} s; "
-          f"two emulated servers ready in {time.perf_counter() - t1:.1f} s")
-    return emu, recs
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,7 @@ def test_a_small_budget_is_not_spread_over_kernels_it_cannot_reach():
     assert len(reachable(TASKS, 1000)) == len(TASKS)
 
 
-def test_each_search_and_layout_tunes_in_a_work_directory_of_its_own(tmp_path: Path):
+def test_each_search_and_graph_option_tunes_in_a_work_directory_of_its_own(tmp_path: Path):
     def work(req: TuneRequest) -> str:
         return WorkDir.of(req.model, req.device, req.input_size, 1, tmp_path, req.variant).path.name
 
@@ -65,3 +65,6 @@ def test_each_search_and_layout_tunes_in_a_work_directory_of_its_own(tmp_path: P
     assert plain.command(1) == "make tune DEVICE=host MODEL=tiny TRIALS=1600 INPUT=64x96 THREADS=1"
     assert focused.command(1).endswith(" THREADS=1 SEARCH=focused")
     assert both.command(1).endswith(" LAYOUT=nchw SEARCH=focused")
+    fused = TuneRequest(input_size=(64, 96), graph=GraphOptions(fused=True))
+    assert work(fused) == "tiny-host-64x96-t1-fused" and fused.command(1).endswith(" THREADS=1 FUSE=on")
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -48,17 +49,28 @@ THREADS = Threads()
 
 
 def graph_options(f):  # noqa: ANN001, ANN201 - a click command function
-    """``--layout``: the graph passes a build runs (``pipeline.compile.passes.GraphOptions``),
-    given to the command as ``graph``."""
-    def to_options(_ctx: click.Context, _param: click.Parameter, value: str):  # noqa: ANN202
+    """``--layout`` and ``--fuse/--no-fuse``: the graph passes a build runs
+    (``pipeline.compile.passes.GraphOptions``), given to the command as ``graph``."""
+    from pipeline.compile.passes import SHIPPED
+
+    @functools.wraps(f)
+    def command(*args, layout: str, fuse: bool | None, **kwargs):  # noqa: ANN002, ANN003, ANN202
         from pipeline.compile.passes import GraphOptions
 
-        return GraphOptions(blocked=value == "blocked")
+        blocked = layout == "blocked"
+        if fuse and not blocked:
+            raise click.BadParameter("the fused inverted-residual kernel needs --layout blocked",
+                                     param_hint="--fuse")
+        fused = SHIPPED.fused if fuse is None else fuse
+        return f(*args, graph=GraphOptions(blocked=blocked, fused=fused and blocked), **kwargs)
 
-    return click.option("--layout", "graph", type=click.Choice(["blocked", "nchw"]), default="blocked",
-                        show_default=True, callback=to_options,
+    default = "on" if SHIPPED.fused else "off"
+    command = click.option("--fuse/--no-fuse", default=None,
+                           help="Each inverted residual's 1x1 expansion computed per tile inside its depthwise "
+                                f"convolution (default: {default}; blocked layout only).")(command)
+    return click.option("--layout", type=click.Choice(["blocked", "nchw"]), default="blocked", show_default=True,
                         help="Convolutions on channel-blocked tensors (NCHW[b]c, b from the device profile), "
-                             "or the plain NCHW graph.")(f)
+                             "or the plain NCHW graph.")(command)
 
 
 def note_weights(weights: Path | None) -> None:

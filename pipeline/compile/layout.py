@@ -35,11 +35,11 @@ from tvm import relax
 from schedules.blocked_conv import CONV2D, MAX_TILE, legalize_conv2d
 
 
-def _op(expr: relax.Expr, name: str) -> bool:
+def is_op(expr: relax.Expr, name: str) -> bool:
     return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == name
 
 
-def _function_pass(mutator: type, name: str) -> tvm.transform.Pass:
+def function_pass(mutator: type, name: str) -> tvm.transform.Pass:
     """A module pass applying ``mutator`` to every Relax function."""
     @tvm.transform.module_pass(opt_level=0, name=name)
     def run(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
@@ -56,7 +56,7 @@ def _function_pass(mutator: type, name: str) -> tvm.transform.Pass:
 class _ClipToMaxMin(relax.PyExprMutator):
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = self.visit_expr_post_order(call)
-        if not _op(call, "relax.clip"):
+        if not is_op(call, "relax.clip"):
             return call
         x, lo, hi = call.args
         out = x
@@ -69,7 +69,7 @@ class _ClipToMaxMin(relax.PyExprMutator):
 
 def clip_to_max_min() -> tvm.transform.Pass:
     """``clip(x, lo, hi)`` -> ``minimum(maximum(x, lo), hi)`` (an infinite bound dropped)."""
-    return _function_pass(_ClipToMaxMin, "ClipToMaxMin")
+    return function_pass(_ClipToMaxMin, "ClipToMaxMin")
 
 
 def _plain_layouts(call: relax.Call) -> bool:
@@ -117,7 +117,7 @@ class _PadOutputChannels(relax.PyExprMutator):
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = self.visit_expr_post_order(call)
-        if not _op(call, CONV2D) or not (extra := _padding_to_block(call, self.block)):
+        if not is_op(call, CONV2D) or not (extra := _padding_to_block(call, self.block)):
             return call
         weight = call.args[1].value.numpy()
         zeros = np.zeros((extra, *weight.shape[1:]), weight.dtype)
@@ -129,7 +129,7 @@ class _PadOutputChannels(relax.PyExprMutator):
 def pad_output_channels(block: int) -> tvm.transform.Pass:
     """A convolution whose output channels do not fill blocks (``_padding_to_block``) gets
     zero filters up to a block multiple, so it runs blocked, and its output is sliced back."""
-    return _function_pass(lambda mod: _PadOutputChannels(mod, block), "PadOutputChannels")
+    return function_pass(lambda mod: _PadOutputChannels(mod, block), "PadOutputChannels")
 
 
 def conv_layouts(block: int) -> Callable[[relax.Call], dict[str, list[str]]]:
@@ -171,12 +171,12 @@ class _BlockedResize(relax.PyExprMutator):
         call = self.visit_expr_post_order(call)
         arg = call.args[0] if call.args and isinstance(call.args[0], relax.Var) else None
         producer = self.lookup_binding(arg) if arg is not None else None
-        if not _op(producer, "relax.layout_transform"):
+        if not is_op(producer, "relax.layout_transform"):
             return call
-        if _op(call, "relax.layout_transform") and _undoes(producer, call):
+        if is_op(call, "relax.layout_transform") and _undoes(producer, call):
             return producer.args[0]
         blocked = producer.args[0]
-        if _op(call, "relax.image.resize2d") and call.attrs.layout == "NCHW" and len(blocked.ty.shape) == 5:
+        if is_op(call, "relax.image.resize2d") and call.attrs.layout == "NCHW" and len(blocked.ty.shape) == 5:
             a = call.attrs
             resized = self.builder_.emit(relax.op.image.resize2d(
                 blocked, call.args[1], roi=[float(r) for r in a.roi], layout=f"NCHW{int(blocked.ty.shape[4])}c",
@@ -190,7 +190,7 @@ class _BlockedResize(relax.PyExprMutator):
 def blocked_resize() -> tvm.transform.Pass:
     """``resize2d`` of a tensor that was just unblocked resizes the blocked one and unblocks
     after; a layout_transform that undoes the one before it is dropped."""
-    return _function_pass(_BlockedResize, "BlockedResize")
+    return function_pass(_BlockedResize, "BlockedResize")
 
 
 def _lane_axis_move(call: relax.Call) -> str | None:
@@ -215,7 +215,7 @@ def _lane_axis_move(call: relax.Call) -> str | None:
 class _TransformsAsReshapes(relax.PyExprMutator):
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = self.visit_expr_post_order(call)
-        direction = _lane_axis_move(call) if _op(call, "relax.layout_transform") else None
+        direction = _lane_axis_move(call) if is_op(call, "relax.layout_transform") else None
         if direction is None:
             return call
         x, out = call.args[0], [int(d) for d in call.ty.shape]
@@ -232,14 +232,14 @@ def transforms_as_reshapes() -> tvm.transform.Pass:
     """Channel blocking and unblocking ``layout_transform``s become ``reshape`` +
     ``permute_dims``: TVM legalizes ``layout_transform`` as an opaque kernel, which FuseOps
     never fuses, while these fuse with the element-wise and slicing work beside them."""
-    return _function_pass(_TransformsAsReshapes, "TransformsAsReshapes")
+    return function_pass(_TransformsAsReshapes, "TransformsAsReshapes")
 
 
 @relax.expr_functor.mutator
 class _FoldWeightLayouts(relax.PyExprMutator):
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = self.visit_expr_post_order(call)
-        if not (_op(call, "relax.reshape") or _op(call, "relax.layout_transform")):
+        if not (is_op(call, "relax.reshape") or is_op(call, "relax.layout_transform")):
             return call
         arg = call.args[0]
         if isinstance(arg, relax.Var):  # a constant bound to a name
@@ -247,9 +247,9 @@ class _FoldWeightLayouts(relax.PyExprMutator):
         if not isinstance(arg, tvm.ir.expr.Constant):
             return call
         value, shape = arg.value, [int(d) for d in call.ty.shape]
-        if _op(call, "relax.reshape"):
+        if is_op(call, "relax.reshape"):
             return relax.const(value.numpy().reshape(shape))
-        if _op(call, "relax.layout_transform") and call.attrs.pad_value is None and [
+        if is_op(call, "relax.layout_transform") and call.attrs.pad_value is None and [
                 int(d) for d in call.attrs.index_map.map_shape(list(arg.ty.shape))] == shape:
             return relax.const(call.attrs.index_map.map_tensor(value))
         return call  # a padded transform is left to run
@@ -258,11 +258,12 @@ class _FoldWeightLayouts(relax.PyExprMutator):
 def fold_weight_layouts() -> tvm.transform.Pass:
     """``layout_transform`` and ``reshape`` of a constant (a weight or a bias) become the
     transformed constant."""
-    return _function_pass(_FoldWeightLayouts, "FoldWeightLayouts")
+    return function_pass(_FoldWeightLayouts, "FoldWeightLayouts")
 
 
 def blocked_layout_passes(block: int) -> list[tvm.transform.Pass]:
-    """The passes, in order, that put the convolutions in ``NCHW{block}c``."""
+    """The passes, in order, that put the convolutions in ``NCHW{block}c`` (before
+    ``legalize_blocked``)."""
     return [
         clip_to_max_min(),
         pad_output_channels(block),
@@ -274,6 +275,12 @@ def blocked_layout_passes(block: int) -> list[tvm.transform.Pass]:
         relax.transform.CanonicalizeBindings(),
         relax.transform.DeadCodeElimination(),
         transforms_as_reshapes(),
+    ]
+
+
+def legalize_blocked() -> list[tvm.transform.Pass]:
+    """Legalization with the blocked convolutions' computes, then the constants folded."""
+    return [
         relax.transform.LegalizeOps(customize_legalize_map={CONV2D: legalize_conv2d}),
         relax.transform.FoldConstant(),  # what is left; here once, not in every build
     ]

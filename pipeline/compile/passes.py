@@ -16,24 +16,44 @@ class GraphOptions:
     """The defaults are what ships; turning one off keeps the old path for comparison."""
 
     blocked: bool = True  # convolutions on channel-blocked tensors (pipeline/compile/layout.py)
+    fused: bool = False  # expansion fused into the depthwise convolution (pipeline/compile/fusion.py)
+
+    def __post_init__(self) -> None:
+        if self.fused and not self.blocked:
+            raise ValueError("the fused inverted-residual kernel needs the blocked layout")
 
     @property
     def suffix(self) -> str:
         """What a tuning work directory's name adds for non-default options."""
-        return "" if self.blocked else "-nchw"
+        if not self.blocked:
+            return "-nchw"
+        return "" if self.fused == SHIPPED_FUSED else ("-fused" if self.fused else "-unfused")
+
+    def make_args(self) -> str:
+        """The ``make`` variables that select these options (empty for the defaults)."""
+        return ("" if self.blocked else " LAYOUT=nchw") + (
+            "" if self.fused == SHIPPED_FUSED or not self.blocked else f" FUSE={'on' if self.fused else 'off'}")
 
     def layout(self, block: int) -> str:
         """The activations' layout, as an artifact records it."""
         return f"NCHW{block}c" if self.blocked else "NCHW"
 
 
+SHIPPED_FUSED = GraphOptions.fused
 SHIPPED = GraphOptions()
 
 
 def graph_passes(options: GraphOptions, block: int) -> list[tvm.transform.Pass]:
-    from pipeline.compile.layout import blocked_layout_passes
+    """The named steps, in order: blocked layout, fusion, legalization (none for the NCHW graph)."""
+    if not options.blocked:
+        return []
+    from tvm import relax
 
-    return blocked_layout_passes(block) if options.blocked else []
+    from pipeline.compile.fusion import fuse_expand_depthwise
+    from pipeline.compile.layout import blocked_layout_passes, legalize_blocked
+
+    fusion = [fuse_expand_depthwise(block), relax.transform.DeadCodeElimination()] if options.fused else []
+    return [*blocked_layout_passes(block), *fusion, *legalize_blocked()]
 
 
 def rewrite(module: tvm.IRModule, options: GraphOptions, block: int) -> tvm.IRModule:

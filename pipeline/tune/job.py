@@ -56,7 +56,7 @@ class TuneRequest:
         """The make command that repeats this run."""
         return (f"make tune DEVICE={self.device} MODEL={self.model} TRIALS={self.trials} "
                 f"INPUT={self.input_size[0]}x{self.input_size[1]} THREADS={threads}"
-                + ("" if self.graph == SHIPPED else f" LAYOUT={self.graph.suffix[1:]}")
+                + self.graph.make_args()
                 + ("" if self.search == DEFAULT_SEARCH else f" SEARCH={self.search}"))
 
 

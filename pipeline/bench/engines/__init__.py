@@ -18,11 +18,13 @@ ENGINES: dict[str, tuple[str, bool]] = {
     "tvm-untuned": ("pipeline.bench.engines.tvm_engine", False),
     "tvm-tuned": ("pipeline.bench.engines.tvm_engine", False),
     "tvm-tuned-nchw": ("pipeline.bench.engines.tvm_engine", False),
+    "tvm-tuned-fused": ("pipeline.bench.engines.tvm_engine", False),
 }
 # The tuned TVM engines: their graph options (``pipeline.compile.passes.GraphOptions`` fields;
-# the shipped defaults, then each lever turned off), each with the database `make tune` made
-# with those options.
+# the shipped defaults, then each lever switched from its default), each with the database
+# `make tune` made with those options.
 TUNED: dict[str, dict[str, bool]] = {
     "tvm-tuned": {},
     "tvm-tuned-nchw": {"blocked": False},
+    "tvm-tuned-fused": {"fused": True},
 }
