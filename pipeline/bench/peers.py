@@ -308,7 +308,8 @@ def run_bench(s: Settings, log: Callable[[str], None] = print) -> dict:
                     active.remove(engine)
                     continue
                 times[engine] += reply["times_ms"]
-            log(f"round {r + 1}: " + ", ".join(f"{e} {np.median(times[e]):.1f} ms" for e in active))
+            medians = ", ".join(f"{e} {np.median(times[e]):.1f} ms" for e in active)
+            log(f"after round {r + 1}, medians so far: {medians}")
 
         # (4) peak memory, then stop
         for engine in list(active):
