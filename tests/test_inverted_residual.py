@@ -88,7 +88,7 @@ def test_fused_units_on_the_emulated_sd855_equal_pytorch(emulated, tmp_path):
     config = build_config("sd855", "local")
     network = compose(from_torch(fold_batchnorm(model), tuple(x.shape)), tuple(x.shape), "interpolate")
     mod = rewrite(network, FUSED, config.channel_block)
-    assert mod.script().count("R.call_tir(expand_depthwise_NCHWc") == len(shapes)
+    assert mod.script().count("R.call_tir(cls.expand_depthwise_NCHWc") == len(shapes)
     library = tmp_path / "units.so"
     tvm.compile(mod, target=tvm.target.Target(config.target)).export_library(str(library), fcompile=config.fcompile)
     with session.connect("sd855") as s:
