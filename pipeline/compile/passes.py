@@ -13,7 +13,8 @@ if TYPE_CHECKING:  # TVM is imported only when passes are built: artifacts are c
 
 @dataclass(frozen=True)
 class GraphOptions:
-    """The defaults are what ships; turning one off keeps the old path for comparison."""
+    """The defaults are what ships; switching one from its default keeps the other path for
+    comparison."""
 
     blocked: bool = True  # convolutions on channel-blocked tensors (pipeline/compile/layout.py)
     fused: bool = False  # expansion fused into the depthwise convolution (pipeline/compile/fusion.py)
@@ -27,19 +28,18 @@ class GraphOptions:
         """What a tuning work directory's name adds for non-default options."""
         if not self.blocked:
             return "-nchw"
-        return "" if self.fused == SHIPPED_FUSED else ("-fused" if self.fused else "-unfused")
+        return "" if self.fused == SHIPPED.fused else ("-fused" if self.fused else "-unfused")
 
     def make_args(self) -> str:
         """The ``make`` variables that select these options (empty for the defaults)."""
         return ("" if self.blocked else " LAYOUT=nchw") + (
-            "" if self.fused == SHIPPED_FUSED or not self.blocked else f" FUSE={'on' if self.fused else 'off'}")
+            "" if self.fused == SHIPPED.fused or not self.blocked else f" FUSE={'on' if self.fused else 'off'}")
 
     def layout(self, block: int) -> str:
         """The activations' layout, as an artifact records it."""
         return f"NCHW{block}c" if self.blocked else "NCHW"
 
 
-SHIPPED_FUSED = GraphOptions.fused
 SHIPPED = GraphOptions()
 
 
