@@ -175,9 +175,9 @@ def tuned_database_note(s: Settings, engine: str) -> str | None:
     """Why a tuned engine is not measured (no database), else None."""
     work = s.tuning(engine)
     if work.database_digest() is None:
-        layout = GraphOptions(**TUNED[engine]).make_args()
+        options = GraphOptions(**TUNED[engine]).make_args()
         return (f"not measured: no MetaSchedule database in {relative(work.path)} "
-                f"(`make tune MODEL={s.model} INPUT={s.input_size[0]}x{s.input_size[1]} THREADS={s.threads}{layout}` "
+                f"(`make tune MODEL={s.model} INPUT={s.input_size[0]}x{s.input_size[1]} THREADS={s.threads}{options}` "
                 "creates it)")
     return None
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
-from pipeline.compile.layout import function_pass, is_op
+from pipeline.compile.layout import function_pass, is_op, kind_layouts, layouts_of
 from schedules.blocked_conv import CONV2D, out_dtype
 from schedules.inverted_residual import BINARY, Chain, expand_depthwise_nchwc
 
@@ -21,23 +21,17 @@ from schedules.inverted_residual import BINARY, Chain, expand_depthwise_nchwc
 ELEMENTWISE = {f"relax.{op}": op for op in BINARY} | {"relax.nn.relu": "relu"}
 
 
-def _layouts(call: relax.Call) -> tuple[str, str, str]:
-    attrs = call.attrs
-    return attrs.data_layout, attrs.kernel_layout, attrs.out_layout
-
-
 def _is_depthwise(call: relax.Expr, block: int) -> bool:
     """A blocked depthwise convolution with a constant weight."""
-    return (is_op(call, CONV2D) and _layouts(call) == (f"NCHW{block}c", f"OIHW1i{block}o", f"NCHW{block}c")
+    return (is_op(call, CONV2D) and layouts_of(call) == kind_layouts(block)["depthwise"]
             and all(int(d) == 1 for d in call.attrs.dilation) and isinstance(call.args[1], tvm.ir.expr.Constant))
 
 
 def _is_expansion(call: relax.Expr, block: int) -> bool:
     """A 1x1 convolution to blocked channels (from blocked ones, or from too few channels
     for a block), stride 1, no padding, with a constant weight."""
-    expansions = {(f"NCHW{block}c", f"OIHW{block}i{block}o", f"NCHW{block}c"),
-                  ("NCHW", f"OIHW{block}o", f"NCHW{block}c")}
-    return (is_op(call, CONV2D) and _layouts(call) in expansions and call.attrs.groups == 1
+    layouts = kind_layouts(block)
+    return (is_op(call, CONV2D) and layouts_of(call) in (layouts["dense"], layouts["widen"]) and call.attrs.groups == 1
             and all(int(s) == 1 for s in call.attrs.strides) and not any(int(p) for p in call.attrs.padding)
             and [int(call.args[1].ty.shape[k]) for k in (2, 3)] == [1, 1]
             and isinstance(call.args[1], tvm.ir.expr.Constant))

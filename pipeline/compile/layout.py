@@ -72,10 +72,15 @@ def clip_to_max_min() -> tvm.transform.Pass:
     return function_pass(_ClipToMaxMin, "ClipToMaxMin")
 
 
+def layouts_of(call: relax.Call) -> tuple[str, str, str]:
+    """A conv2d's data, kernel and output layout."""
+    attrs = call.attrs
+    return attrs.data_layout, attrs.kernel_layout, attrs.out_layout
+
+
 def _plain_layouts(call: relax.Call) -> bool:
     """Whether a conv2d reads NCHW data and OIHW weights and writes NCHW."""
-    attrs = call.attrs
-    return (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) == ("NCHW", "OIHW", "NCHW")
+    return layouts_of(call) == ("NCHW", "OIHW", "NCHW")
 
 
 def conv_kind(call: relax.Call, block: int) -> str:
@@ -132,18 +137,23 @@ def pad_output_channels(block: int) -> tvm.transform.Pass:
     return function_pass(lambda mod: _PadOutputChannels(mod, block), "PadOutputChannels")
 
 
-def conv_layouts(block: int) -> Callable[[relax.Call], dict[str, list[str]]]:
-    """ConvertLayout's per-call callback: data, kernel and output layout of each conv2d."""
+def kind_layouts(block: int) -> dict[str, tuple[str, str, str]]:
+    """Data, kernel and output layout of each ``conv_kind`` with channel block ``block``."""
     b = block
-    layouts = {
-        "dense": [f"NCHW{b}c", f"OIHW{b}i{b}o", f"NCHW{b}c"],
-        "depthwise": [f"NCHW{b}c", f"OIHW1i{b}o", f"NCHW{b}c"],
-        "widen": ["NCHW", f"OIHW{b}o", f"NCHW{b}c"],
-        "plain": ["NCHW", "OIHW", "NCHW"],  # explicit, so that a blocked input is unblocked
+    return {
+        "dense": (f"NCHW{b}c", f"OIHW{b}i{b}o", f"NCHW{b}c"),
+        "depthwise": (f"NCHW{b}c", f"OIHW1i{b}o", f"NCHW{b}c"),
+        "widen": ("NCHW", f"OIHW{b}o", f"NCHW{b}c"),
+        "plain": ("NCHW", "OIHW", "NCHW"),  # explicit, so that a blocked input is unblocked
     }
 
+
+def conv_layouts(block: int) -> Callable[[relax.Call], dict[str, list[str]]]:
+    """ConvertLayout's per-call callback: data, kernel and output layout of each conv2d."""
+    layouts = kind_layouts(block)
+
     def desired(call: relax.Call) -> dict[str, list[str]]:
-        return {CONV2D: layouts[conv_kind(call, block)]} if call.op.name == CONV2D else {}
+        return {CONV2D: list(layouts[conv_kind(call, block)])} if call.op.name == CONV2D else {}
 
     return desired
 
