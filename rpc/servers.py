@@ -212,6 +212,24 @@ def _respawn(rec: Record, port: int | None = None) -> Record:
     return new
 
 
+def _listens(rec: Record) -> bool:
+    """``rec``'s process or one of its children (TVM serves from a worker process) listens on
+    ``rec.port``: an answer there is its own, not that of another state directory's tracker
+    that won the port while this one was starting."""
+    try:
+        leader = psutil.Process(rec.pid)
+        procs = [leader, *leader.children(recursive=True)]
+    except psutil.Error:
+        return False
+    for proc in procs:
+        try:
+            if any(c.status == psutil.CONN_LISTEN and c.laddr.port == rec.port for c in proc.net_connections("tcp")):
+                return True
+        except psutil.Error:
+            continue
+    return False
+
+
 def _moved_if_port_lost(rec: Record) -> Record | None:
     """A process that exited at start because another one took its port between the check and
     its bind (another state directory's tracker or servers starting at the same moment),
@@ -243,6 +261,8 @@ def start_tracker(port: int = DEFAULT_PORT, timeout: float = TRACKER_READY_TIMEO
                 raise _fail_start(rec, "exited at start")
             rec = moved
         try:
+            if not _listens(rec):
+                raise RPCError("not listening yet")
             with TrackerClient((LOCAL_HOST, rec.port), timeout=2.0) as t:
                 t.summary()
             return rec

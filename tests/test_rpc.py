@@ -180,6 +180,26 @@ def test_tracker_and_server_that_lose_their_port_start_again_on_the_next(tmp_pat
             b.close()
 
 
+def test_tracker_that_loses_its_port_to_another_tracker_is_not_fooled_by_its_answers(tmp_path, monkeypatch):
+    """Two fleets starting at the same moment (two test workers, two users): the tracker that
+    loses the port must not take the winner's answers for its own (seen in CI: its servers
+    then registered with the other fleet's tracker)."""
+    from tvm.rpc.tracker import Tracker
+
+    other = Tracker("127.0.0.1", port=9400, port_end=9500, silent=True)
+    monkeypatch.setenv("PPMSEG_RPC_DIR", str(tmp_path))
+    monkeypatch.delenv("TRACKER", raising=False)
+    taken = [other.port]
+    real = servers._port_free
+    monkeypatch.setattr(servers, "_port_free", lambda port: taken.remove(port) is None if port in taken else real(port))
+    try:
+        rec = servers.start_tracker(port=other.port)
+        assert taken == [] and rec.port != other.port and rec.alive() and servers._listens(rec)
+    finally:
+        servers.stop()
+        other.terminate()
+
+
 def test_tracker_reuse_busy_port_and_stop(tmp_path, monkeypatch):
     monkeypatch.setenv("PPMSEG_RPC_DIR", str(tmp_path))
     monkeypatch.delenv("TRACKER", raising=False)
