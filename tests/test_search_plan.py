@@ -68,3 +68,10 @@ def test_each_search_and_graph_option_tunes_in_a_work_directory_of_its_own(tmp_p
     fused = TuneRequest(input_size=(64, 96), graph=GraphOptions(fused=True))
     assert work(fused) == "tiny-host-64x96-t1-fused" and fused.command(1).endswith(" THREADS=1 FUSE=on")
 
+
+
+def test_the_default_budget_is_the_models_and_the_command_repeats_it():
+    assert TuneRequest(model="tiny").budget == 1600 and TuneRequest(model="base").budget == 2000
+    assert " TRIALS=2000 " in TuneRequest(model="base").command(1)
+    assert TuneRequest(model="base", trials=0).budget == 0  # 0 trials: build what the database has
+    assert " TRIALS=24 " in TuneRequest(model="base", trials=24).command(1)

@@ -23,7 +23,8 @@ from pipeline.tune.job import DEFAULT_SEARCH, DEFAULT_TRIALS, SEARCHES
 @click.option("--device", default="host", show_default=True, help="Device profile to tune for.")
 @TRACKER_OPTION
 @click.option("--trials", type=click.IntRange(min=0), help="Trial budget for the network's kernels, counting what "
-              f"the work directory has (default {DEFAULT_TRIALS}).")
+              "the work directory has (default "
+              + ", ".join(f"{n} for {m}" for m, n in DEFAULT_TRIALS.items()) + ").")
 @SIZE_OPTION
 @click.option("--threads", type=THREADS, help="Threads on the device, or 'all' (this machine's cores; default: "
               "the profile's). Each count has its own work directory and tuned artifact.")

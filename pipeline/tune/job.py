@@ -20,8 +20,10 @@ from pipeline.tune.signals import handling, interrupt
 from pipeline.tune.workdir import WorkDir
 
 # Every kernel of the network is tuned: the first round gives each of Tiny's ~110 tasks a
-# batch of 8, the rest goes where MetaSchedule's gradient says.
-DEFAULT_TRIALS = 1600
+# batch of 8, the rest goes where MetaSchedule's gradient says. Base needs more to reach
+# 0.8x ONNX Runtime on one thread (docs/benchmarks.md#against-onnx-runtime); both take about
+# an hour on a 2-core machine.
+DEFAULT_TRIALS = {"tiny": 1600, "base": 2000}
 # ``--search`` (steps.plan): "plain" gives the whole budget to one MetaSchedule call over every
 # kernel (its own task scheduler); "focused" gives every kernel a first round, then the rest of
 # the budget to the heaviest. Plain is the default: it tuned both models faster in the
@@ -36,7 +38,7 @@ DEVICE_WAIT = float(os.environ.get("PPMSEG_DEVICE_WAIT", 300))
 class TuneRequest:
     model: str = "tiny"
     device: str = "host"
-    trials: int = DEFAULT_TRIALS
+    trials: int | None = None  # default: the model's DEFAULT_TRIALS
     input_size: tuple[int, int] = (512, 512)
     tracker: str | None = None  # host:port of the user's tracker; None: local (emulated) devices
     threads: int | None = None  # default: the device profile's
@@ -48,13 +50,18 @@ class TuneRequest:
     search: str = DEFAULT_SEARCH  # how the trials are spread over the kernels (SEARCHES)
 
     @property
+    def budget(self) -> int:
+        """The trial budget: ``trials``, or the model's default."""
+        return self.trials if self.trials is not None else DEFAULT_TRIALS[self.model]
+
+    @property
     def variant(self) -> str:
         """What the work directory's name adds: options other than the defaults get their own."""
         return self.graph.suffix + ("" if self.search == DEFAULT_SEARCH else f"-{self.search}")
 
     def command(self, threads: int) -> str:
         """The make command that repeats this run."""
-        return (f"make tune DEVICE={self.device} MODEL={self.model} TRIALS={self.trials} "
+        return (f"make tune DEVICE={self.device} MODEL={self.model} TRIALS={self.budget} "
                 f"INPUT={self.input_size[0]}x{self.input_size[1]} THREADS={threads}"
                 + self.graph.make_args()
                 + ("" if self.search == DEFAULT_SEARCH else f" SEARCH={self.search}"))
@@ -121,7 +128,7 @@ def _tune_and_report(req: TuneRequest, device, work: WorkDir, out_dir: Path,  # 
     before = work.measured_trials()
     if before:
         log(f"resuming {work.path}: {before} trials already measured")
-    steps.search(run, tasks, untuned, req.trials, req.search)
+    steps.search(run, tasks, untuned, req.budget, req.search)
     log(f"{work.measured_trials()} trials in the database ({work.measured_trials() - before} new)")
 
     weights = str(Path(req.weights).resolve()) if req.weights else None
