@@ -203,8 +203,9 @@ def _fail_start(rec: Record, what: str) -> RPCError:
 
 def _respawn(rec: Record, port: int | None = None) -> Record:
     """``rec``'s command started again (on ``port`` instead of its own, if given)."""
-    cmd = rec.cmd if port is None else [str(port) if prev == "--port" else str(port + 1) if prev == "--port-end"
-                                        else arg for prev, arg in zip(["", *rec.cmd[:-1]], rec.cmd, strict=True)]
+    cmd = list(rec.cmd)
+    if port is not None:  # both commands (tracker, server) bind the one port in [--port, --port-end)
+        cmd[cmd.index("--port") + 1], cmd[cmd.index("--port-end") + 1] = str(port), str(port + 1)
     proc, log = _spawn(rec.name, cmd, env={"TVM_NUM_THREADS": str(rec.threads)} if rec.threads else None)
     new = Record(**{**asdict(rec), "pid": proc.pid, "port": port or rec.port, "log": str(log),
                     "created": _created(proc.pid), "cmd": cmd})
