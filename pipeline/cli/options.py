@@ -58,11 +58,11 @@ def graph_options(f):  # noqa: ANN001, ANN201 - a click command function
         from pipeline.compile.passes import GraphOptions
 
         blocked = layout == "blocked"
-        if fuse and not blocked:
-            raise click.BadParameter("the fused inverted-residual kernel needs --layout blocked",
-                                     param_hint="--fuse")
-        fused = SHIPPED.fused if fuse is None else fuse
-        return f(*args, graph=GraphOptions(blocked=blocked, fused=fused and blocked), **kwargs)
+        try:  # GraphOptions holds the rule; here breaking it is a usage error
+            graph = GraphOptions(blocked=blocked, fused=SHIPPED.fused and blocked if fuse is None else fuse)
+        except ValueError as e:
+            raise click.BadParameter(f"{e} (--layout blocked)", param_hint="--fuse") from None
+        return f(*args, graph=graph, **kwargs)
 
     default = "on" if SHIPPED.fused else "off"
     command = click.option("--fuse/--no-fuse", default=None,
