@@ -9,7 +9,6 @@ from pathlib import Path
 from pipeline.compile.passes import GraphOptions
 from pipeline.tune.job import TuneRequest
 from pipeline.tune.steps import FIRST_ROUND, plan, reachable
-from pipeline.tune.workdir import WorkDir
 
 
 @dataclass(frozen=True)
@@ -56,7 +55,7 @@ def test_a_small_budget_is_not_spread_over_kernels_it_cannot_reach():
 
 def test_each_search_and_graph_option_tunes_in_a_work_directory_of_its_own(tmp_path: Path):
     def work(req: TuneRequest) -> str:
-        return WorkDir.of(req.model, req.device, req.input_size, 1, tmp_path, req.variant).path.name
+        return req.work_dir(1, tmp_path).path.name
 
     plain, focused = TuneRequest(input_size=(64, 96)), TuneRequest(input_size=(64, 96), search="focused")
     both = TuneRequest(input_size=(64, 96), search="focused", graph=GraphOptions(blocked=False))

@@ -32,6 +32,7 @@ import numpy as np
 from pipeline.bench.engines import ENGINES, TUNED
 from pipeline.common.paths import BENCH_WORK, REF_PYTHON, REFERENCE, RESULTS, ROOT, TUNING, relative
 from pipeline.compile.passes import GraphOptions
+from pipeline.tune.job import TuneRequest
 from pipeline.tune.workdir import WorkDir
 
 REFERENCE_ENGINE = "torch"  # label maps are compared with PyTorch eager's
@@ -67,11 +68,15 @@ class Settings:
     load_timeout: float = 600.0
     warmup: int = 3
 
+    def tune_request(self, engine: str = "tvm-tuned") -> TuneRequest:
+        """The ``make tune DEVICE=host`` run whose database the tuned engine reads: this model,
+        size and thread count, and the engine's graph options."""
+        return TuneRequest(model=self.model, input_size=self.input_size, threads=self.threads,
+                           graph=GraphOptions(**TUNED[engine]))
+
     def tuning(self, engine: str = "tvm-tuned") -> WorkDir:
-        """``make tune DEVICE=host``'s work directory for this model, size, thread count and the
-        tuned engine's graph options."""
-        variant = GraphOptions(**TUNED[engine]).suffix
-        return WorkDir.of(self.model, "host", self.input_size, self.threads, self.tuning_root, variant)
+        """That run's work directory."""
+        return self.tune_request(engine).work_dir(self.threads, self.tuning_root)
 
 
 class Worker:
@@ -175,10 +180,8 @@ def tuned_database_note(s: Settings, engine: str) -> str | None:
     """Why a tuned engine is not measured (no database), else None."""
     work = s.tuning(engine)
     if work.database_digest() is None:
-        options = GraphOptions(**TUNED[engine]).make_args()
         return (f"not measured: no MetaSchedule database in {relative(work.path)} "
-                f"(`make tune MODEL={s.model} INPUT={s.input_size[0]}x{s.input_size[1]} THREADS={s.threads}{options}` "
-                "creates it)")
+                f"(`{s.tune_request(engine).command(s.threads)}` creates it)")
     return None
 
 

@@ -59,6 +59,10 @@ class TuneRequest:
         """What the work directory's name adds: options other than the defaults get their own."""
         return self.graph.suffix + ("" if self.search == DEFAULT_SEARCH else f"-{self.search}")
 
+    def work_dir(self, threads: int, root: Path | None = None) -> WorkDir:
+        """This run's work directory (its database) under ``root`` (default ./tuning)."""
+        return WorkDir.of(self.model, self.device, self.input_size, threads, root, self.variant)
+
     def command(self, threads: int) -> str:
         """The make command that repeats this run."""
         return (f"make tune DEVICE={self.device} MODEL={self.model} TRIALS={self.budget} "
@@ -83,7 +87,7 @@ def run_tune(req: TuneRequest, log: Callable[[str], None] = print, work_root: Pa
     from rpc.devices import load_profile
 
     threads = req.threads or load_profile(req.device).threads
-    work = WorkDir.of(req.model, req.device, req.input_size, threads, work_root, req.variant)
+    work = req.work_dir(threads, work_root)
     out_dir = (out_root or BUILD) / f"tuned-{work.path.name}"
     with work.locked():
         on_start()
