@@ -58,6 +58,9 @@ _LEGALIZING = threading.Lock()
 def build(mod: tvm.IRModule, target: tvm.target.Target, work_dir: str | Path | None = None) -> relax.VMExecutable:
     """Compile ``mod``; with ``work_dir``, every kernel found in its MetaSchedule
     database gets its best measured schedule (the rest keep the default lowering)."""
+    if work_dir is not None:
+        check_target(work_dir, target)
+
     @tvm.transform.module_pass(opt_level=0)
     def pipeline(m: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         with target:
@@ -112,6 +115,39 @@ def database_digest(work_dir: str | Path) -> str | None:
     return h.hexdigest()
 
 
+# What makes a schedule measured on one target wrong for another: the CPU (vector width,
+# caches), the triple and the thread count. MetaSchedule's database applies a workload's
+# best record whatever target it was measured on, so a work directory copied from another
+# machine would build silently with kernels tuned for that one.
+_TARGET_KEYS = ("kind", "mtriple", "mcpu", "mattr", "num-cores")
+
+
+def _target_line(target: dict) -> str:
+    return " ".join([str(target.get("kind"))] + [f"-{k}={_plain(target[k])}" for k in _TARGET_KEYS[1:] if k in target])
+
+
+def _plain(value: object) -> str:
+    """A target attribute as text; lists (``mattr``: a JSON list, or TVM's own array) joined by commas."""
+    return str(value) if isinstance(value, (str, int)) else ",".join(map(str, value))
+
+
+def record_targets(work_dir: str | Path) -> set[str]:
+    """The targets a work directory's records were measured for, one line each
+    (``llvm -mtriple=... -mcpu=... -num-cores=N``); a half-written last line is skipped."""
+    lines = _lines(Path(work_dir) / RECORDS)
+    return {_target_line(json.loads(line)[1][2]) for line in lines if _parses(line)}
+
+
+def check_target(work_dir: str | Path, target: tvm.target.Target) -> None:
+    """Refuse a database measured for another target than ``target`` (ValueError)."""
+    wanted = _target_line(dict(target.export()))
+    others = sorted(record_targets(work_dir) - {wanted})
+    if others:
+        raise ValueError(f"{work_dir} holds kernels tuned for {'; '.join(others)}, not for {wanted} "
+                         "(another machine's database?): tune again under another --work-root, "
+                         "or move that directory aside")
+
+
 def repair_database(work_dir: str | Path) -> int:
     """Cut a half-written last line off the database files (a run killed while MetaSchedule
     appended to them), which would otherwise stop the database from loading; every
@@ -135,7 +171,7 @@ def repair_database(work_dir: str | Path) -> int:
     return cut
 
 
-def _parses(line: bytes) -> bool:
+def _parses(line: str | bytes) -> bool:
     try:
         json.loads(line)
     except ValueError:

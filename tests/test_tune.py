@@ -7,17 +7,20 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tvm
+from tvm import relax
 
 from pipeline.deploy.runtime import load
 from pipeline.tune.job import TuneRequest, run_tune
-from schedules.tuning import RECORDS
-from tests.conftest import private_rpc_state
+from schedules.tuning import RECORDS, build
+from tests.conftest import private_rpc_state, run_cli
 
 SIZE = (64, 96)
 REPORT_KEYS = ("model", "device", "emulated", "threads", "trials")
@@ -127,6 +130,31 @@ def test_list_and_compare_commands(dirs, host_run, tmp_path):
     bad = subprocess.run([exe, "report", str(tmp_path), str(result.artifact)], capture_output=True, text=True,
                          timeout=120)
     assert bad.returncode == 1 and "no such report" in bad.stderr
+
+
+def test_a_database_tuned_for_another_target_is_refused(host_run, tmp_path):
+    """MetaSchedule applies a workload's best record whatever target it was measured on: a
+    work directory brought from another machine is refused by the tuning job and by builds."""
+    source = Path(host_run[0].report["work_dir"])
+    copy = tmp_path / "work" / source.name
+    shutil.copytree(source, copy)
+    records = [json.loads(line) for line in _records(copy)]
+    for _index, record in records:
+        record[2]["mcpu"] = "another-cpu"
+    (copy / RECORDS).write_text("".join(json.dumps(r) + "\n" for r in records))
+    before = (copy / RECORDS).read_bytes()
+    out = run_cli("tune", "--input-size", f"{SIZE[0]}x{SIZE[1]}", "--trials", "16", "--no-profile",
+                  "--work-root", str(tmp_path / "work"), "--out-root", str(tmp_path / "build"), check=False)
+    *notes, error = out.stderr.strip().splitlines()
+    assert out.returncode == 1 and all(n.startswith("note: no --weights") for n in notes), out.stderr
+    assert re.fullmatch(r"Error: .* tuned for llvm .*-mcpu=another-cpu.*, not for llvm .*-mcpu=\S+ .*", error)
+    assert (copy / RECORDS).read_bytes() == before and not (tmp_path / "build").exists()
+    x = relax.Var("x", relax.TensorType((4,), "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        bb.emit_func_output(bb.emit(relax.op.add(x, x)))
+    with pytest.raises(ValueError, match="another-cpu"):
+        build(bb.get(), tvm.target.Target(host_run[0].report["target"]), copy)
 
 
 def test_emulated_sd855_tune_is_correct(dirs):

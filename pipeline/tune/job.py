@@ -96,6 +96,7 @@ def run_tune(req: TuneRequest, log: Callable[[str], None] = print, work_root: Pa
             log(f"dropped a half-written database line ({cut} bytes) left by an interrupted run")
         device = connect_device(req.device, req.tracker, threads, log)
         try:
+            work.check_target(device.tvm_target())
             with handling(interrupt, signal.SIGTERM):
                 return _tune_and_report(req, device, work, out_dir, log, repeat)
         except KeyboardInterrupt:

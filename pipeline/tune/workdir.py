@@ -58,6 +58,12 @@ class WorkDir:
 
         return tuning.trials_per_task(tasks, self.path)
 
+    def check_target(self, target) -> None:  # noqa: ANN001 - tvm.target.Target, imported lazily
+        """Refuse a database measured for another target (a ValueError naming both)."""
+        from schedules import tuning
+
+        tuning.check_target(self.path, target)
+
     def database_digest(self) -> str | None:
         from schedules import tuning
 
