@@ -32,7 +32,7 @@ import numpy as np
 from pipeline.bench.engines import ENGINES, TUNED
 from pipeline.common.paths import BENCH_WORK, REF_PYTHON, REFERENCE, RESULTS, ROOT, TUNING, relative
 from pipeline.compile.passes import GraphOptions
-from pipeline.tune.job import TuneRequest
+from pipeline.tune.job import DEFAULT_SEARCH, TuneRequest
 from pipeline.tune.workdir import WorkDir
 
 REFERENCE_ENGINE = "torch"  # label maps are compared with PyTorch eager's
@@ -70,9 +70,11 @@ class Settings:
 
     def tune_request(self, engine: str = "tvm-tuned") -> TuneRequest:
         """The ``make tune DEVICE=host`` run whose database the tuned engine reads: this model,
-        size and thread count, and the engine's graph options."""
+        size and thread count, and the engine's graph options and search."""
+        tuned = TUNED[engine]
         return TuneRequest(model=self.model, input_size=self.input_size, threads=self.threads,
-                           graph=GraphOptions(**TUNED[engine]))
+                           graph=GraphOptions(**tuned.get("graph", {})),
+                           search=tuned.get("search", DEFAULT_SEARCH))
 
     def tuning(self, engine: str = "tvm-tuned") -> WorkDir:
         """That run's work directory."""
@@ -172,7 +174,7 @@ def engine_spec(engine: str, s: Settings, work: Path) -> dict:
         spec["backend"] = s.paddle_backend
     if engine in TUNED:
         spec["tuning_dir"] = str(s.tuning(engine).path)
-        spec["graph"] = TUNED[engine]
+        spec["graph"] = TUNED[engine].get("graph", {})
     return spec
 
 

@@ -12,7 +12,8 @@ from pipeline.common.files import atomic_path
 NAMES = {"torch": "PyTorch eager", "onnxruntime": "ONNX Runtime", "paddle": "Paddle Inference",
          "tvm-untuned": "TVM untuned", "tvm-tuned": "TVM tuned",
          "tvm-tuned-nchw": "TVM tuned, NCHW graph (blocked layout off)",
-         "tvm-tuned-fused": "TVM tuned, fused inverted residuals (FUSE=on)"}
+         "tvm-tuned-fused": "TVM tuned, fused inverted residuals (FUSE=on)",
+         "tvm-tuned-focused": "TVM tuned, focused search (SEARCH=focused)"}
 BACKENDS = {"onednn": "oneDNN", "native": "no oneDNN"}
 # The targets (reported, never asserted).
 TUNED_VS_ORT = 0.8

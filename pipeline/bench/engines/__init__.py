@@ -19,12 +19,15 @@ ENGINES: dict[str, tuple[str, bool]] = {
     "tvm-tuned": ("pipeline.bench.engines.tvm_engine", False),
     "tvm-tuned-nchw": ("pipeline.bench.engines.tvm_engine", False),
     "tvm-tuned-fused": ("pipeline.bench.engines.tvm_engine", False),
+    "tvm-tuned-focused": ("pipeline.bench.engines.tvm_engine", False),
 }
-# The tuned TVM engines: their graph options (``pipeline.compile.passes.GraphOptions`` fields;
-# the shipped defaults, then each lever switched from its default), each with the database
-# `make tune` made with those options.
-TUNED: dict[str, dict[str, bool]] = {
+# The tuned TVM engines: the `make tune` run whose database each reads, as that run's settings
+# apart from the defaults: "graph" (``pipeline.compile.passes.GraphOptions`` fields) and
+# "search" (``pipeline.tune.job.SEARCHES``). The shipped defaults, then each lever switched
+# from its default.
+TUNED: dict[str, dict] = {
     "tvm-tuned": {},
-    "tvm-tuned-nchw": {"blocked": False},
-    "tvm-tuned-fused": {"fused": True},
+    "tvm-tuned-nchw": {"graph": {"blocked": False}},
+    "tvm-tuned-fused": {"graph": {"fused": True}},
+    "tvm-tuned-focused": {"search": "focused"},
 }
