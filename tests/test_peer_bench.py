@@ -67,7 +67,8 @@ def test_bench_end_to_end(tmp_path: Path, reference_dir: Path) -> None:
     assert tuned["median_ms"] is None and tuned["agreement"] is None and "no MetaSchedule database" in tuned["note"]
     # Each lever's arm reads the database of the `make tune` that switches that lever.
     arms = {"tvm-tuned-nchw": ("LAYOUT=nchw", "-t1-nchw"), "tvm-tuned-fused": ("FUSE=on", "-t1-fused"),
-            "tvm-tuned-focused": ("SEARCH=focused", "-t1-focused")}
+            "tvm-tuned-focused": ("SEARCH=focused", "-t1-focused"),
+            "tvm-tuned-fused-focused": ("FUSE=on SEARCH=focused", "-t1-fused-focused")}
     for engine, (option, work_dir) in arms.items():
         note = rows[engine]["note"]
         assert rows[engine]["median_ms"] is None and option in note and f"64x64{work_dir} " in note, note

@@ -13,7 +13,8 @@ NAMES = {"torch": "PyTorch eager", "onnxruntime": "ONNX Runtime", "paddle": "Pad
          "tvm-untuned": "TVM untuned", "tvm-tuned": "TVM tuned",
          "tvm-tuned-nchw": "TVM tuned, NCHW graph (blocked layout off)",
          "tvm-tuned-fused": "TVM tuned, fused inverted residuals (FUSE=on)",
-         "tvm-tuned-focused": "TVM tuned, focused search (SEARCH=focused)"}
+         "tvm-tuned-focused": "TVM tuned, focused search (SEARCH=focused)",
+         "tvm-tuned-fused-focused": "TVM tuned, fused and focused (FUSE=on SEARCH=focused)"}
 BACKENDS = {"onednn": "oneDNN", "native": "no oneDNN"}
 # The issue's targets (reported, never asserted).
 TUNED_VS_ORT = 0.8

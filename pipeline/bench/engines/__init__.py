@@ -20,14 +20,16 @@ ENGINES: dict[str, tuple[str, bool]] = {
     "tvm-tuned-nchw": ("pipeline.bench.engines.tvm_engine", False),
     "tvm-tuned-fused": ("pipeline.bench.engines.tvm_engine", False),
     "tvm-tuned-focused": ("pipeline.bench.engines.tvm_engine", False),
+    "tvm-tuned-fused-focused": ("pipeline.bench.engines.tvm_engine", False),
 }
 # The tuned TVM engines: the `make tune` run whose database each reads, as that run's settings
 # apart from the defaults: "graph" (``pipeline.compile.passes.GraphOptions`` fields) and
 # "search" (``pipeline.tune.job.SEARCHES``). The shipped defaults, then each lever switched
-# from its default.
+# from its default, then both levers that are off by default switched together.
 TUNED: dict[str, dict] = {
     "tvm-tuned": {},
     "tvm-tuned-nchw": {"graph": {"blocked": False}},
     "tvm-tuned-fused": {"graph": {"fused": True}},
     "tvm-tuned-focused": {"search": "focused"},
+    "tvm-tuned-fused-focused": {"graph": {"fused": True}, "search": "focused"},
 }
