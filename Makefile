@@ -76,12 +76,12 @@ build: setup  ## Compile: MODEL=tiny|base DEVICE=host UPSAMPLE=vim|interpolate F
 	$(PPMSEG) compile --model $(MODEL) --device $(DEVICE) --upsample $(UPSAMPLE) --frontend $(FRONTEND) \
 		--input-size $(INPUT) --layout $(LAYOUT) $(FUSE_ARG) -o $(BUILD_DIR)
 
-bench-vim: setup  ## Fused VIM vs unfused vs plain upsample (THREADS=1); writes bench/results/vim.*
+bench-vim: setup  ## Fused VIM vs unfused vs plain upsample (THREADS=1); writes bench/results/<cpu>/vim.*
 	$(PPMSEG) bench-vim --threads $(THREADS)
 
 # `make bench` runs Tiny and Base; MODEL=tiny|base on the command line runs one.
 BENCH_MODELS = $(if $(filter file,$(origin MODEL)),tiny base,$(MODEL))
-bench: setup reference  ## PyTorch, ONNX Runtime, Paddle Inference, TVM untuned/tuned side by side [MODEL=] [THREADS=1|all] [DEVICE=host]; writes bench/results/
+bench: setup reference  ## PyTorch, ONNX Runtime, Paddle Inference, TVM untuned/tuned side by side [MODEL=] [THREADS=1|all] [DEVICE=host]; writes bench/results/<cpu>/
 	@set -e; for m in $(BENCH_MODELS); do \
 		$(PPMSEG) bench-peers --model $$m --threads $(THREADS) --device $(DEVICE) \
 			--command "make bench MODEL=$$m THREADS=$(THREADS) DEVICE=$(DEVICE)"; done

@@ -64,7 +64,7 @@ class DeviceProfile:
         if emulated and self.emulation is None:
             raise DeviceError(f"device {self.name!r} has no [emulation] table")
         raw = {**self.target, **(self.emulation.target if emulated else {})}
-        detect = {"mcpu": codegen.llvm_get_system_cpu, "mtriple": codegen.llvm_get_system_triple}
+        detect = {"mcpu": native_cpu, "mtriple": codegen.llvm_get_system_triple}
         target = {k: detect[k]() if v == "native" and k in detect else v for k, v in raw.items()}
         target.setdefault("num-cores", len(os.sched_getaffinity(0)))
         if threads is not None:
@@ -96,6 +96,13 @@ def _cpuinfo() -> list[str]:
         return Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
         return []
+
+
+def native_cpu() -> str:
+    """LLVM's name for this machine's CPU (``znver4``, ``skylake-avx512``, ``cortex-a76``)."""
+    from tvm.target import codegen
+
+    return str(codegen.llvm_get_system_cpu())
 
 
 def native_vector_lanes() -> int:

@@ -98,6 +98,17 @@ def test_emulated_device_is_refused(tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir())
 
 
+def test_results_go_to_the_folder_of_the_cpu_the_tuned_builds_target(tmp_path: Path) -> None:
+    from pipeline.bench.machine import machine_info, results_dir
+    from pipeline.bench.peers import Settings
+    from pipeline.common.paths import RESULTS
+    from rpc.devices import load_profile
+
+    cpu = str(load_profile("host").tvm_target().attrs["mcpu"])
+    assert results_dir(tmp_path) == tmp_path / cpu and Settings().out == RESULTS / cpu
+    assert machine_info()["llvm_cpu"] == cpu
+
+
 @pytest.mark.parametrize("k", [1, 3, 40])
 def test_onnx_vim_tail_matches_pytorch(k: int) -> None:
     """The VIM tail in ONNX operators gives PyTorch's VIM label map (``model.upsample``)."""

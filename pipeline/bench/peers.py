@@ -18,19 +18,19 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import select
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.bench.engines import ENGINES, TUNED
-from pipeline.common.paths import BENCH_WORK, REF_PYTHON, REFERENCE, RESULTS, ROOT, TUNING, relative
+from pipeline.bench.machine import machine_info, results_dir
+from pipeline.common.paths import BENCH_WORK, REF_PYTHON, REFERENCE, ROOT, TUNING, relative
 from pipeline.compile.passes import GraphOptions
 from pipeline.tune.job import DEFAULT_SEARCH, TuneRequest
 from pipeline.tune.workdir import WorkDir
@@ -56,7 +56,7 @@ class Settings:
     # (Intel OpenMP for 200 ms by default), which steals a core from the next engine.
     settle_s: float = 0.5
     input_size: tuple[int, int] = (512, 512)
-    out: Path = RESULTS
+    out: Path = field(default_factory=results_dir)
     work: Path = BENCH_WORK
     checkpoint: Path | None = None  # default: .cache/reference/<model>.pdparams
     ref_python: Path = REF_PYTHON
@@ -202,26 +202,6 @@ def write_input(s: Settings, path: Path) -> dict:
             "preprocessing": "PaddleSeg ADE20K eval transforms (pipeline.common.inputs.load_input), bilinear resize "
                              f"to {s.input_size[0]}x{s.input_size[1]}, ImageNet mean/std",
             "num_classes": cfg.num_classes}
-
-
-def machine_info() -> dict:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    from tvm.target import codegen
-
-    from rpc.devices import native_vector_lanes
-
-    # The CPU generation and vector width: the peers' kernels use AVX-512 where it exists, so
-    # results from machines that differ in these are not comparable.
-    return {"cpu": cpu or platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "arch": platform.machine(), "llvm_cpu": str(codegen.llvm_get_system_cpu()),
-            "vector_lanes": native_vector_lanes(), "host": platform.node(), "load_avg_start": list(os.getloadavg())}
 
 
 def _size_mb(directory: Path, files: list[str]) -> float:

@@ -1,4 +1,4 @@
-"""Benchmarks that write ``bench/results/``: against the peers, and of the VIM kernel."""
+"""Benchmarks that write ``bench/results/<LLVM cpu>/``: against the peers, and of the VIM kernel."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from pathlib import Path
 import click
 
 from pipeline.cli.options import THREADS
-from pipeline.common.paths import BENCH_WORK, REF_PYTHON, RESULTS, TUNING
+from pipeline.common.paths import BENCH_WORK, REF_PYTHON, TUNING
+
+OUT_HELP = "Where the results go (default bench/results/<this CPU's LLVM name>, e.g. bench/results/znver4)."
 
 
 @click.command("bench-peers")
@@ -20,7 +22,7 @@ from pipeline.common.paths import BENCH_WORK, REF_PYTHON, RESULTS, TUNING
 @click.option("--settle", type=click.FloatRange(min=0), default=0.5, show_default=True,
               help="Seconds of pause before each engine's batch (the previous engine's pool goes idle).")
 @click.option("--input-size", default="512x512", show_default=True, metavar="HxW")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=RESULTS, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help=OUT_HELP)
 @click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=BENCH_WORK,
               help="Prepared engines, logs, label maps (default .cache/bench).")
 @click.option("--device", default="host", show_default=True, help="Only host: emulated timings are not comparable.")
@@ -33,12 +35,13 @@ from pipeline.common.paths import BENCH_WORK, REF_PYTHON, RESULTS, TUNING
 @click.option("--paddle-backend", type=click.Choice(["onednn", "native"]), default="onednn", show_default=True)
 @click.option("--engines", help="Comma-separated subset of the engines (default: all).")
 @click.option("--command", "command_line", help="The command to record (make passes its own).")
-def bench_peers(model: str, threads: int, repeat: int, rounds: int, settle: float, input_size: str, out: Path,
+def bench_peers(model: str, threads: int, repeat: int, rounds: int, settle: float, input_size: str, out: Path | None,
                 work: Path, device: str, checkpoint: Path | None, ref_python: Path, tuning_root: Path,
                 paddle_backend: str, engines: str | None, command_line: str | None) -> None:
     """PyTorch, ONNX Runtime, Paddle Inference and TVM untuned/tuned side by side (`make bench`)."""
     from pipeline.bench import peers
     from pipeline.bench.engines import ENGINES
+    from pipeline.bench.machine import results_dir
     from pipeline.bench.report import write_results
     from pipeline.common.inputs import parse_size
 
@@ -48,7 +51,7 @@ def bench_peers(model: str, threads: int, repeat: int, rounds: int, settle: floa
         raise click.BadParameter(f"unknown engines {unknown}; choose from {', '.join(ENGINES)}",
                                  param_hint="--engines")
     s = peers.Settings(model=model, threads=threads, repeat=repeat, rounds=rounds, settle_s=settle,
-                       input_size=parse_size(input_size), out=out, work=work,
+                       input_size=parse_size(input_size), out=out or results_dir(), work=work,
                        checkpoint=(checkpoint or peers.default_checkpoint(model)).resolve(), ref_python=ref_python,
                        tuning_root=tuning_root.resolve(), engines=chosen, paddle_backend=paddle_backend,
                        command=command_line or "ppmseg " + " ".join(sys.argv[1:]))
@@ -67,15 +70,15 @@ def bench_peers(model: str, threads: int, repeat: int, rounds: int, settle: floa
 @click.option("--in-hw", type=int, nargs=2, default=(64, 64), show_default=True, help="Logits rows and columns.")
 @click.option("--out-hw", type=int, nargs=2, default=(512, 512), show_default=True, help="Label map size.")
 @click.option("--ks", default="1,5,10,20,50,150", show_default=True, help="Classes present, comma-separated.")
-@click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path), default=RESULTS,
-              show_default=True)
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path), help=OUT_HELP)
 def bench_vim(threads: int, classes: int, in_hw: tuple[int, int], out_hw: tuple[int, int], ks: str,
-              output_dir: Path) -> None:
+              output_dir: Path | None) -> None:
     """The fused VIM kernel against stock-op VIM and plain upsample + argmax (`make bench-vim`)."""
+    from pipeline.bench.machine import results_dir
     from pipeline.bench.vim import markdown, run_vim_bench
 
     counts = [int(k) for k in ks.split(",") if k.strip()]
-    report = run_vim_bench(threads, classes, tuple(in_hw), tuple(out_hw), counts, output_dir)
+    report = run_vim_bench(threads, classes, tuple(in_hw), tuple(out_hw), counts, output_dir or results_dir())
     click.echo(markdown(report))
 
 
