@@ -105,6 +105,11 @@ def native_cpu() -> str:
     return str(codegen.llvm_get_system_cpu())
 
 
+def native_cpu_model() -> str:
+    """The processor's model name from ``/proc/cpuinfo`` ("" where there is none)."""
+    return next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), "")
+
+
 def native_vector_lanes() -> int:
     """float32 lanes of this machine's widest vectors (16 AVX-512, 8 AVX2/FMA, 4 SSE or NEON)."""
     flags = next((line.split(":")[1].split() for line in _cpuinfo() if line.startswith("flags")), [])

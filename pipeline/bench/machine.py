@@ -10,7 +10,7 @@ import platform
 from pathlib import Path
 
 from pipeline.common.paths import RESULTS
-from rpc.devices import native_cpu, native_vector_lanes
+from rpc.devices import native_cpu, native_cpu_model, native_vector_lanes
 
 
 def results_dir(root: Path = RESULTS) -> Path:
@@ -20,14 +20,6 @@ def results_dir(root: Path = RESULTS) -> Path:
 
 def machine_info() -> dict:
     """CPU model, core count, LLVM's CPU name and vector width, host name, load average."""
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu or platform.processor() or platform.machine(), "cores": os.cpu_count(),
+    return {"cpu": native_cpu_model() or platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "arch": platform.machine(), "llvm_cpu": native_cpu(),
             "vector_lanes": native_vector_lanes(), "host": platform.node(), "load_avg_start": list(os.getloadavg())}
