@@ -56,6 +56,7 @@ class Record:
     threads: int | None = None  # TVM_NUM_THREADS of the server (its thread pool size)
     emulated: bool = False
     cmd: list[str] = field(default_factory=list)
+    cpus: list[int] | None = None  # the cores a server is pinned to (None: not pinned)
 
     @property
     def path(self) -> Path:
@@ -145,13 +146,41 @@ def _pick_port(start: int, taken: set[int], span: int = 200) -> int:
     raise RPCError(f"no free port in {start}..{start + span - 1} on {LOCAL_HOST}")
 
 
-def _spawn(name: str, cmd: list[str], env: dict | None = None) -> tuple[subprocess.Popen, Path]:
+def _spawn(name: str, cmd: list[str], env: dict | None = None,
+           cpus: list[int] | None = None) -> tuple[subprocess.Popen, Path]:
     log = state_dir() / f"{name}.log"
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
                                 start_new_session=True, cwd=state_dir(), env={**os.environ, **(env or {})})
+    if cpus:
+        # Popen returns once the child has exec'd, before the interpreter starts any thread:
+        # every thread and forked session worker of the server inherits the mask.
+        os.sched_setaffinity(proc.pid, cpus)
     _children[proc.pid] = proc
     return proc, log
+
+
+def server_cpus(index: int, threads: int, count: int) -> list[int] | None:
+    """The cores server ``index`` of ``count`` is pinned to: ``threads`` of its own, from the
+    last core down (the first core takes most interrupts, and the tuning's candidate builds
+    get what is left). None when the servers' threads do not all fit on this machine's cores."""
+    cores = sorted(os.sched_getaffinity(0))
+    if threads * count > len(cores):
+        return None
+    end = len(cores) - index * threads
+    return cores[end - threads:end]
+
+
+def _local_server(server: tuple[str, int]) -> Record | None:
+    """The live server of this module listening at ``server``, if any."""
+    return next((r for r in _live("server") if (LOCAL_HOST, r.port) == (server[0], server[1])), None)
+
+
+def pinned_cpus(server: tuple[str, int]) -> list[int] | None:
+    """The cores of the local server listening at ``server``; None for a server that is not
+    pinned or not one of this machine's (a phone)."""
+    rec = _local_server(server)
+    return rec.cpus if rec else None
 
 
 def _created(pid: int) -> float:
@@ -206,7 +235,8 @@ def _respawn(rec: Record, port: int | None = None) -> Record:
     cmd = list(rec.cmd)
     if port is not None:  # both commands (tracker, server) bind the one port in [--port, --port-end)
         cmd[cmd.index("--port") + 1], cmd[cmd.index("--port-end") + 1] = str(port), str(port + 1)
-    proc, log = _spawn(rec.name, cmd, env={"TVM_NUM_THREADS": str(rec.threads)} if rec.threads else None)
+    proc, log = _spawn(rec.name, cmd, env={"TVM_NUM_THREADS": str(rec.threads)} if rec.threads else None,
+                       cpus=rec.cpus)
     new = Record(**{**asdict(rec), "pid": proc.pid, "port": port or rec.port, "log": str(log),
                     "created": _created(proc.pid), "cmd": cmd})
     _write(new)
@@ -312,12 +342,14 @@ def start_servers(device: str | DeviceProfile = "host", count: int | None = None
     for _ in range(max(count - len(live), 0)):
         port = _pick_port(SERVER_PORT, taken)
         taken.add(port)
-        name = next(f"server-{key}-{i}" for i in range(10_000) if f"server-{key}-{i}" not in names)
+        index = next(i for i in range(10_000) if f"server-{key}-{i}" not in names)
+        name = f"server-{key}-{index}"
         names.add(name)
         cmd, emulated = _server_command(profile, tracker.port, port, emulator_dir)
-        proc, log = _spawn(name, cmd, env={"TVM_NUM_THREADS": str(threads)})
+        cpus = server_cpus(index, threads, max(count, index + 1))
+        proc, log = _spawn(name, cmd, env={"TVM_NUM_THREADS": str(threads)}, cpus=cpus)
         rec = Record(name, "server", proc.pid, port, str(log), _created(proc.pid), key=key,
-                     tracker_port=tracker.port, threads=threads, emulated=emulated, cmd=cmd)
+                     tracker_port=tracker.port, threads=threads, emulated=emulated, cmd=cmd, cpus=cpus)
         _write(rec)
         new.append(rec)
     if new:
@@ -361,7 +393,7 @@ def restart_hung(server: tuple[str, int]) -> bool:
     server forks each session from a thread, and under qemu-user such a fork can hang,
     leaving the server waiting on it for good (seen once in CI). False when no live server
     of this module listens there (a remote device is never touched)."""
-    rec = next((r for r in _live("server") if (LOCAL_HOST, r.port) == (server[0], server[1])), None)
+    rec = _local_server(server)
     if rec is None or rec.tracker_port is None:
         return False
     _terminate(rec)

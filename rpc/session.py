@@ -22,7 +22,7 @@ import numpy as np
 import psutil
 
 from rpc.devices import DeviceProfile, load_profile
-from rpc.servers import restart_hung, tracker_address
+from rpc.servers import pinned_cpus, restart_hung, tracker_address
 from rpc.tracker import RPCError, TrackerClient, env_seconds, tracker_timeout
 
 __all__ = ["RPCError", "RemoteSession", "Timing", "benchmark_on_device", "connect", "run_on_device",
@@ -32,6 +32,7 @@ __all__ = ["RPCError", "RemoteSession", "Timing", "benchmark_on_device", "connec
 CONNECT_TIMEOUT = 30.0  # s, PPMSEG_CONNECT_TIMEOUT: a free server of the key, and the handshake with it
 CALL_TIMEOUT = 600.0  # s, PPMSEG_CALL_TIMEOUT: one remote step (upload, load, run, timing); qemu is slow
 AFFINITY_BIG = 1  # runtime.config_threadpool mode: big cores first (threading::ThreadGroup::kBig)
+AFFINITY_ONE_CORE_PER_THREAD = -2  # ... each thread on one of the cores given (kSpecifyOneCorePerThread)
 
 
 LOST = ("kshutdown", "socket", "connection reset", "broken pipe", "connection closed")
@@ -70,7 +71,7 @@ class RemoteSession:
 
     def __init__(self, remote: Any, key: str, server: tuple[str, int], timeout: float) -> None:  # noqa: ANN401
         self.remote, self.key, self.server, self.timeout = remote, key, server, timeout
-        self._vm = None
+        self._vms: dict[str, Any] = {}  # loaded libraries' VirtualMachines, by slot
         self._dev = None
         self._broken: str | None = None
 
@@ -85,7 +86,7 @@ class RemoteSession:
 
     def close(self) -> None:
         """End the session; the server returns to the tracker's pool."""
-        self._vm = self._dev = None
+        self._vms, self._dev = {}, None
         if self.remote is not None:
             self.remote = None  # the last reference: the C++ session closes its socket
             if _server_sockets(self.server):  # a remote object still referenced somewhere
@@ -112,8 +113,9 @@ class RemoteSession:
         self._guard(f"uploading {name}", lambda: self.remote.upload(blob, name))
         return name
 
-    def load(self, library: str | Path) -> None:
-        """Upload a Relax VM library and create its VirtualMachine on the remote CPU."""
+    def load(self, library: str | Path, slot: str = "main") -> None:
+        """Upload a Relax VM library and create its VirtualMachine on the remote CPU, under
+        ``slot``: several libraries stay loaded side by side, so they can be timed in turns."""
         from tvm import relax
 
         # A fresh name per upload: the server's dlopen caches by path, so a second library
@@ -125,19 +127,19 @@ class RemoteSession:
             dev = self.remote.cpu()
             return relax.VirtualMachine(lib, dev), dev
 
-        self._vm, self._dev = self._guard(f"loading {Path(library).name}", _load)
+        self._vms[slot], self._dev = self._guard(f"loading {Path(library).name}", _load)
 
-    def _require_vm(self) -> Any:  # noqa: ANN401
-        if self._vm is None:
-            raise RPCError("no library loaded in this session (call load() first)")
-        return self._vm
+    def _require_vm(self, slot: str) -> Any:  # noqa: ANN401
+        if slot not in self._vms:
+            raise RPCError(f"no library loaded in slot {slot!r} of this session (call load() first)")
+        return self._vms[slot]
 
     def run(self, inputs: np.ndarray | list[np.ndarray], function: str = "main",
-            timeout: float | None = None) -> np.ndarray:
+            timeout: float | None = None, slot: str = "main") -> np.ndarray:
         """Call ``function`` (which must return one tensor) on numpy inputs; the result comes back."""
         import tvm
 
-        vm = self._require_vm()
+        vm = self._require_vm(slot)
         arrays = [inputs] if isinstance(inputs, np.ndarray) else list(inputs)
 
         def _run() -> np.ndarray:
@@ -150,24 +152,40 @@ class RemoteSession:
         return self._guard(f"running {function}", _run, timeout)
 
     def set_threads(self, threads: int) -> int:
-        """Use ``threads`` worker threads (big cores first) in this session; returns the count the
-        remote thread pool reports (capped by the server's TVM_NUM_THREADS)."""
+        """Use ``threads`` worker threads in this session; returns the count the remote thread
+        pool reports (capped by the server's TVM_NUM_THREADS). On a local server pinned to
+        cores (``rpc.servers.server_cpus``) the threads go to those cores, one each; elsewhere
+        big cores first. (TVM's big-cores mode would move the first thread to core 0, out of
+        the server's cores.)"""
+        cpus = pinned_cpus(self.server)
+
         def _set() -> int:
-            self.remote.get_function("runtime.config_threadpool")(AFFINITY_BIG, int(threads))
+            configure = self.remote.get_function("runtime.config_threadpool")
+            if cpus and len(cpus) >= threads:
+                # The core list is built on the server: an Array does not cross RPC as an argument.
+                cores = self.remote.get_function("ffi.Array")(*(str(c) for c in cpus[:threads]))
+                configure(AFFINITY_ONE_CORE_PER_THREAD, int(threads), cores)
+            else:
+                configure(AFFINITY_BIG, int(threads))
             return int(self.remote.get_function("runtime.NumThreads")())
 
         return self._guard("setting threads", _set)
+
+    def pinned(self) -> list[int] | None:
+        """The cores this session's server is pinned to (None: not pinned, or not local)."""
+        return pinned_cpus(self.server)
 
     def num_threads(self) -> int:
         return self._guard("reading threads", lambda: int(self.remote.get_function("runtime.NumThreads")()))
 
     def benchmark(self, inputs: np.ndarray | list[np.ndarray], function: str = "main", number: int = 10,
-                  repeat: int = 5, threads: int | None = None, timeout: float | None = None) -> Timing:
+                  repeat: int = 5, threads: int | None = None, timeout: float | None = None,
+                  slot: str = "main") -> Timing:
         """``vm.time_evaluator(function, dev, number, repeat)`` on the remote (one warm-up run
         first, discarded): median and p90 over the ``repeat`` means."""
         import tvm
 
-        vm = self._require_vm()
+        vm = self._require_vm(slot)
         used = self.set_threads(threads) if threads else self.num_threads()
         arrays = [inputs] if isinstance(inputs, np.ndarray) else list(inputs)
 
