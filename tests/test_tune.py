@@ -39,7 +39,7 @@ def _tune(dirs, **kw):
     logs: list[str] = []
     with contextlib.redirect_stdout(io.StringIO()) as console:
         result = run_tune(TuneRequest(model="tiny", input_size=SIZE, **kw), log=logs.append, work_root=work,
-                          out_root=out, repeat=3)
+                          out_root=out, rounds=3)
     # MetaSchedule's own logs go to the work directory, in every tuning call (both phases).
     assert "[INFO]" not in console.getvalue()
     return result, logs
@@ -80,6 +80,17 @@ def test_host_tune_produces_agreeing_libraries_and_report(host_run):
                      "tail_interpolate", "tail_interpolate_stock"]
     a = report["ablation"]
     assert a["interpolate_ms"] > 0 and set(a["tails_ms"]) == {"vim", "interpolate", "interpolate_stock"}
+    # The three builds timed interleaved, each comparison with its interval.
+    m = report["measurement"]
+    assert m["rounds"] == 3 and m["order"] == "rotating" and m["pinned_cpus"] == [max(os.sched_getaffinity(0))]
+    assert len(m["load_avg_before"]) == len(m["load_avg_after"]) == 3
+    for timed in (report["untuned"], report["tuned"], a["interpolate"]):
+        assert len(timed["rounds_ms"]) == 3 and timed["repeats"] == 9
+    for key in ("tuned_vs_untuned", "vim_vs_interpolate"):
+        d = report["comparisons"][key]
+        assert d["low"] <= d["ratio"] <= d["high"] and d["within_noise"] == (d["low"] <= 1 <= d["high"])
+    md = (result.artifact / "report.md").read_text()
+    assert "Measured interleaved: 3 rounds" in md and "The whole inference, interleaved:" in md
     # The tuning curve: the best-kernels sum never rises with trials; end to end untuned at 0, tuned now.
     best = report["curve"]["best_kernels_ms"]
     assert best[0][0] == 0 and best[-1][0] == report["trials"]
@@ -119,9 +130,10 @@ def test_resume_measures_only_new_candidates(dirs, host_run):
 def test_list_and_compare_commands(dirs, host_run, tmp_path):
     result, _ = host_run
     exe = str(Path(sys.executable).with_name("ppmseg"))
-    out = subprocess.run([exe, "report", str(result.artifact), str(result.artifact / "report.json"),
+    out = subprocess.run([exe, "report", "--no-measure", str(result.artifact), str(result.artifact / "report.json"),
                           str(result.artifact)], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and "tuned median ms" in out.stdout and "| A | B | C |" in out.stdout
+    assert out.returncode == 0 and "tuned median ms (its run)" in out.stdout and "| A | B | C |" in out.stdout
+    assert "measured in separate runs" in out.stdout and "--no-measure" in out.stdout
     # The report on disk, not the fixture's: the resume test may have re-run this work directory.
     command = json.loads((result.artifact / "report.json").read_text())["command"]
     assert f"- C: `{command}`" in out.stdout
@@ -130,6 +142,20 @@ def test_list_and_compare_commands(dirs, host_run, tmp_path):
     bad = subprocess.run([exe, "report", str(tmp_path), str(result.artifact)], capture_output=True, text=True,
                          timeout=120)
     assert bad.returncode == 1 and "no such report" in bad.stderr
+
+
+def test_compare_times_two_identical_libraries_interleaved_and_calls_them_equal(host_run, tmp_path):
+    """The tuned library and a copy of it (the same database's build): timed against each other
+    now, on a server pinned to its core, they are equal within noise."""
+    result, _ = host_run
+    copy = tmp_path / "copy"
+    shutil.copytree(result.artifact, copy)
+    report = json.loads((copy / "report.json").read_text())
+    (copy / "report.json").write_text(json.dumps({**report, "artifact": str(copy)}))
+    out = run_cli("report", "--rounds", "20", str(result.artifact), str(copy))
+    assert "tuned median ms (interleaved, now)" in out.stdout and "Measured interleaved: 20 rounds" in out.stdout
+    assert f"pinned to core {max(os.sched_getaffinity(0))}" in out.stdout
+    assert "- B and A are equal within noise (±" in out.stdout, out.stdout
 
 
 def test_a_database_tuned_for_another_target_is_refused(host_run, tmp_path):

@@ -15,7 +15,7 @@ from pipeline.cli.options import (
     graph_options,
     note_weights,
 )
-from pipeline.tune.job import DEFAULT_SEARCH, DEFAULT_TRIALS, SEARCHES
+from pipeline.tune.job import DEFAULT_SEARCH, DEFAULT_TRIALS, MEASURE_ROUNDS, SEARCHES
 
 
 @click.command()
@@ -76,13 +76,27 @@ def tune(model_name: str, device: str, tracker: str | None, trials: int | None, 
 
 @click.command()
 @click.argument("reports", nargs=-1, required=True, type=click.Path(path_type=Path))
-def report(reports: tuple[Path, ...]) -> None:
-    """Tuning reports (report.json or their artifact directories) side by side, one column each."""
-    from pipeline.tune.report import compare, load_report
+@TRACKER_OPTION
+@click.option("--measure/--no-measure", default=True, show_default=True, help="Time the reports' tuned libraries "
+              "against each other now, interleaved, on their device (when they are here and share device, threads, "
+              "model and input size).")
+@click.option("--rounds", type=click.IntRange(min=1), default=MEASURE_ROUNDS, show_default=True,
+              help="Rounds of the interleaved timing.")
+def report(reports: tuple[Path, ...], tracker: str | None, measure: bool, rounds: int) -> None:
+    """Tuning reports (report.json or their artifact directories) side by side, one column each;
+    their tuned libraries timed against each other, interleaved."""
+    from pipeline.tune.compare import measure_reports, unmeasurable
+    from pipeline.tune.report import column_names, compare, load_report
 
     if len(reports) < 2:
         raise click.UsageError("give at least two reports to compare")
-    click.echo(compare([load_report(r) for r in reports]), nl=False)
+    loaded = [load_report(r) for r in reports]
+    why = unmeasurable(loaded, tracker) if measure else "--no-measure"
+    measured = None
+    if why is None:
+        measured = measure_reports(loaded, column_names(len(loaded)), tracker, rounds,
+                                   log=lambda m: click.echo(m, err=True))
+    click.echo(compare(loaded, measured, why), nl=False)
 
 
 COMMANDS = (tune, report)

@@ -30,6 +30,9 @@ DEFAULT_TRIALS = {"tiny": 1600, "base": 2000}
 # ablation (docs/benchmarks.md).
 SEARCHES = ("plain", "focused")
 DEFAULT_SEARCH = "plain"  # the other searches tune in work directories of their own
+# The libraries a report compares are timed in this many rounds, each in turn (12 is the
+# fewest for which two order statistics bound the median at 99%: pipeline.common.noise).
+MEASURE_ROUNDS = 12
 # How long tuning waits for a server with the device's key to come back before it stops.
 DEVICE_WAIT = float(os.environ.get("PPMSEG_DEVICE_WAIT", 300))
 
@@ -78,7 +81,7 @@ class TuneResult:
 
 
 def run_tune(req: TuneRequest, log: Callable[[str], None] = print, work_root: Path | None = None,
-             out_root: Path | None = None, repeat: int = 10,
+             out_root: Path | None = None, rounds: int = MEASURE_ROUNDS,
              on_start: Callable[[], None] = lambda: None) -> TuneResult:
     """The whole job; returns the tuned artifact directory (with ``untuned/`` and the report).
     One run per work directory at a time; the local RPC processes it started are stopped
@@ -98,7 +101,7 @@ def run_tune(req: TuneRequest, log: Callable[[str], None] = print, work_root: Pa
         try:
             work.check_target(device.tvm_target())
             with handling(interrupt, signal.SIGTERM):
-                return _tune_and_report(req, device, work, out_dir, log, repeat)
+                return _tune_and_report(req, device, work, out_dir, log, rounds)
         except KeyboardInterrupt:
             log(f"interrupted: {work.path} keeps its {work.measured_trials()} records; "
                 "run the same command again to resume")
@@ -108,7 +111,7 @@ def run_tune(req: TuneRequest, log: Callable[[str], None] = print, work_root: Pa
 
 
 def _tune_and_report(req: TuneRequest, device, work: WorkDir, out_dir: Path,  # noqa: ANN001 - rpc.connect.Device
-                     log: Callable[[str], None], repeat: int) -> TuneResult:
+                     log: Callable[[str], None], rounds: int) -> TuneResult:
     import torch
 
     from model.image import sample_image_path
@@ -144,7 +147,7 @@ def _tune_and_report(req: TuneRequest, device, work: WorkDir, out_dir: Path,  # 
     x = load_input(sample_image_path(), model.cfg.mean, model.cfg.std, req.input_size).tensor.numpy()
     with torch.inference_mode():
         k_present = int(torch.unique(model(torch.from_numpy(x)).argmax(1)).numel())
-    timings, labels = steps.measure(run, built, x, repeat)
+    timings, labels, conditions = steps.measure(run, built, x, rounds)
     checks = steps.check(built["tuned"].meta, labels, x, weights)
     tuned_tasks = time_tasks(device, tasks, work.path, work.library_path("tasks-tuned"))
     parts = []
@@ -154,8 +157,8 @@ def _tune_and_report(req: TuneRequest, device, work: WorkDir, out_dir: Path,  # 
 
     curve = tuning_curve(tasks, work, untuned, timings)
     padding = padding_placements(tasks, device.tvm_target(), work.path)
-    report = tuning_report(run, req, tasks, timings, checks, untuned, tuned_tasks, parts, k_present, before, curve,
-                           padding)
+    report = tuning_report(run, req, tasks, timings, conditions, checks, untuned, tuned_tasks, parts, k_present,
+                           before, curve, padding)
     write_report(out_dir, report)
     work.save_report(report)
     log(f"untuned {report['untuned']['median_ms']:.1f} ms, tuned {report['tuned']['median_ms']:.1f} ms "

@@ -1,11 +1,13 @@
-"""Measuring on the tuning device: every task's kernel alone, and a whole library's ``main``."""
+"""Measuring on the tuning device: every task's kernel alone, and whole libraries timed against each other."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.common.noise import rotations, spread
 from pipeline.compile.build import export
 from rpc.connect import Device
 
@@ -43,12 +45,39 @@ def time_tasks(device: Device, tasks: list, database: Path | None, library: Path
     return out
 
 
-def time_main(session, library: Path, x: np.ndarray, repeat: int, number: int) -> tuple[dict, np.ndarray]:  # noqa: ANN001
-    """Load ``library`` in the session, run it once (labels back), then time ``main``."""
-    session.load(library)
-    labels = session.run(x)[0]
-    t = session.benchmark(x, repeat=repeat, number=number)
-    ms_ = np.asarray(t.repeats_ms)
-    return ({"median_ms": float(np.median(ms_)), "p10_ms": float(np.percentile(ms_, 10)),
-             "p90_ms": float(np.percentile(ms_, 90)), "repeats": len(ms_), "number": number,
-             "threads": t.threads}, labels)
+def time_interleaved(session, libraries: dict[str, Path], x: np.ndarray, rounds: int, per_round: int,  # noqa: ANN001
+                     number: int) -> tuple[dict[str, list[list[float]]], dict[str, np.ndarray]]:
+    """Load every library in the session side by side and run each once (its labels come
+    back); then ``rounds`` rounds in which each library, in a rotating order
+    (``pipeline.common.noise.rotations``), is timed for ``per_round`` repeats of ``number``
+    runs after one warm-up run. Returns the samples (ms) per library and round, and the labels."""
+    labels = {}
+    for name, path in libraries.items():
+        session.load(path, slot=name)
+        labels[name] = session.run(x, slot=name)[0]
+    samples: dict[str, list[list[float]]] = {name: [] for name in libraries}
+    for order in rotations(list(libraries), rounds):
+        for name in order:
+            samples[name].append(session.benchmark(x, repeat=per_round, number=number, slot=name).repeats_ms)
+    return samples, labels
+
+
+def measure_interleaved(device: Device, libraries: dict[str, Path], x: np.ndarray,
+                        rounds: int) -> tuple[dict, dict, dict]:
+    """``libraries`` timed against each other on ``device`` (``time_interleaved``; one run per
+    round when emulated). Returns the timings per library (spread, and the samples of each
+    round), the label maps, and the conditions: rounds, the cores the server is pinned to, and
+    this machine's load average before and after."""
+    from rpc.session import connect
+
+    per_round, number = (1, 1) if device.emulated else (3, 1)
+    load_before = list(os.getloadavg())
+    with connect(device.key, device.tracker) as session:
+        threads = session.set_threads(device.threads)
+        samples, labels = time_interleaved(session, libraries, x, rounds, per_round, number)
+        pinned = session.pinned()
+    timings = {name: {**spread([v for r in rows for v in r]), "number": number, "threads": threads,
+                      "rounds_ms": rows} for name, rows in samples.items()}
+    conditions = {"rounds": rounds, "per_round": per_round, "number": number, "order": "rotating",
+                  "pinned_cpus": pinned, "load_avg_before": load_before, "load_avg_after": list(os.getloadavg())}
+    return timings, labels, conditions

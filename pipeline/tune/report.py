@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from pipeline.common.files import atomic_path, write_json, write_text
+from pipeline.common.noise import Difference, difference
 
 # The paper's ablation (Base, Snapdragon 855, Paddle-Lite, one thread): VIM took the latency
 # from 465.6 to 234.6 ms, against a plain interpolate + argmax over all 150 classes.
@@ -16,11 +17,12 @@ PAPER_VIM = {"baseline_ms": 465.6, "vim_ms": 234.6, "saving": 0.495}
 ABLATION_TAILS = {"vim": "tail", "interpolate": "tail_interpolate", "interpolate_stock": "tail_interpolate_stock"}
 
 
-def tuning_report(run, req, tasks, timings: dict, checks: dict, untuned: dict[str, float],  # noqa: ANN001
-                  tuned_tasks: dict[str, float], parts: list[dict], k_present: int, before: int,
-                  curve: dict, padding: dict[str, str]) -> dict:
+def tuning_report(run, req, tasks, timings: dict, conditions: dict, checks: dict,  # noqa: ANN001
+                  untuned: dict[str, float], tuned_tasks: dict[str, float], parts: list[dict], k_present: int,
+                  before: int, curve: dict, padding: dict[str, str]) -> dict:
     """The report of a finished run (``pipeline.tune.steps.Run``, its ``TuneRequest`` and
-    tasks) from what the steps measured; ``padding``: ``schedules.padding.padding_placements``."""
+    tasks) from what the steps measured (``timings`` and ``conditions``: ``steps.measure``);
+    ``padding``: ``schedules.padding.padding_placements``."""
     from model.summary import summarize
     from rpc.devices import load_profile
 
@@ -38,6 +40,7 @@ def tuning_report(run, req, tasks, timings: dict, checks: dict, untuned: dict[st
         "artifact": str(run.out_dir), "date": time.strftime("%Y-%m-%d %H:%M"),
         "elapsed_s": round(time.perf_counter() - run.t_start, 1), "command": req.command(device.threads),
         "untuned": timings["untuned"], "tuned": timings["tuned"], "speedup": untuned_ms / tuned_ms,
+        "measurement": conditions, "comparisons": comparisons(timings),
         "checks": checks,
         "tasks": [{"task": t.task_name, "calls": int(t.weight), "flops": float(_flops(t)),
                    "untuned_ms": untuned[t.task_name], "tuned_ms": tuned_tasks[t.task_name],
@@ -49,9 +52,26 @@ def tuning_report(run, req, tasks, timings: dict, checks: dict, untuned: dict[st
                    "untuned_gflops": gflop / untuned_ms * 1e3, "peak_gflops": peak},
         "ablation": {"k": k_present, "classes": run.model.cfg.num_classes, "vim_ms": tuned_ms,
                      "interpolate_ms": timings.get("tuned-interpolate", {}).get("median_ms"),
+                     "interpolate": timings.get("tuned-interpolate"),
                      "tails_ms": {name: tails[part] for name, part in ABLATION_TAILS.items() if part in tails},
                      "paper": PAPER_VIM},
     }
+
+
+# The end-to-end comparisons a report makes: (key, build, against, what the sentence calls them).
+COMPARED = (("tuned_vs_untuned", "tuned", "untuned", "the tuned build", "the untuned one"),
+            ("vim_vs_interpolate", "tuned", "tuned-interpolate", "VIM", "the plain tail"))
+
+
+def comparisons(timings: dict) -> dict:
+    """Each comparison of ``COMPARED`` whose builds were both timed in the same rounds, as
+    ``pipeline.common.noise.Difference.as_dict``."""
+    return {key: difference(a_name, b_name, timings[a]["rounds_ms"], timings[b]["rounds_ms"]).as_dict()
+            for key, a, b, a_name, b_name in COMPARED if all("rounds_ms" in timings.get(n, {}) for n in (a, b))}
+
+
+def _sentence(d: dict) -> str:
+    return Difference(**{k: d[k] for k in ("a", "b", "ratio", "low", "high", "level", "rounds")}).sentence()
 
 
 def _flops(task) -> float:  # noqa: ANN001 - a MetaSchedule ExtractedTask
@@ -65,27 +85,20 @@ def _device(report: dict) -> str:
 
 
 def markdown(report: dict) -> str:
-    u, t = report["untuned"], report["tuned"]
     lines = [
         f"# PP-MobileSeg-{report['model']} {report['input_size'][0]}x{report['input_size'][1]} on {_device(report)}",
         "",
         f"{report['threads']} thread(s), {report['upsample']} tail, {report['trials']} trials "
         f"({report['new_trials']} new this run), {report['date']}, `{report['command']}`",
         "",
-        "| build | median ms | p10 ms | p90 ms | repeats |",
-        "|---|---|---|---|---|",
-        f"| untuned | {u['median_ms']:.2f} | {u['p10_ms']:.2f} | {u['p90_ms']:.2f} | {u['repeats']} |",
-        f"| tuned | {t['median_ms']:.2f} | {t['p10_ms']:.2f} | {t['p90_ms']:.2f} | {t['repeats']} |",
-        "",
-        f"Tuned is {report['speedup']:.2f}x faster (tuned / untuned = {1 / report['speedup']:.2f}).",
-        "",
+        *end_to_end_lines(report),
     ]
     checks = report["checks"]
     lines += [f"Tuned vs untuned labels: {checks['tuned_vs_untuned']['equal']:.4%} equal, "
               f"{checks['tuned_vs_untuned']['differ_outside_ties']} differ outside top-two ties; "
               f"untuned vs PyTorch: {checks['untuned_vs_pytorch']['equal']:.4%} equal.", ""]
     lines += padding_lines(report["tasks"])
-    lines += ablation_lines(report["ablation"])
+    lines += ablation_lines(report["ablation"], report.get("comparisons"))
     g = report.get("gflops")
     if g:
         peak = (f" against a nominal peak of {g['peak_gflops']:.0f} GFLOP/s "
@@ -96,11 +109,61 @@ def markdown(report: dict) -> str:
     lines += curve_lines(report.get("curve"))
     if report.get("profile"):
         lines += profile_table(report["profile"], report["untuned"]["median_ms"], report["tuned"]["median_ms"])
+        lines += parts_lines(report["profile"], report["tuned"])
     lines += ["| task | calls | MFLOP | untuned ms | tuned ms | speedup | trials |", "|---|---|---|---|---|---|---|"]
     for r in sorted(report["tasks"], key=lambda r: -r["untuned_ms"] * r["calls"]):
         lines.append(f"| {r['task']} | {r['calls']} | {r['flops'] / 1e6:.1f} | {r['untuned_ms']:.3f} | "
                      f"{r['tuned_ms']:.3f} | {r['untuned_ms'] / max(r['tuned_ms'], 1e-9):.2f}x | {r['trials']} |")
     return "\n".join(lines) + "\n"
+
+
+def end_to_end_lines(report: dict) -> list[str]:
+    """The builds' timings, how they were measured, and what the differences between them are
+    worth against the noise (reports written before the interleaved measurement give the
+    speedup alone)."""
+    builds = [("untuned", report["untuned"]), ("tuned", report["tuned"])]
+    if (plain := report["ablation"].get("interpolate")) is not None:
+        builds.append(("tuned, plain tail (VIM ablation)", plain))
+    lines = ["| build | median ms | p10 ms | p90 ms | runs |", "|---|---|---|---|---|"]
+    lines += [f"| {name} | {t['median_ms']:.2f} | {t['p10_ms']:.2f} | {t['p90_ms']:.2f} | {t['repeats']} |"
+              for name, t in builds]
+    lines.append("")
+    m, compared = report.get("measurement"), report.get("comparisons") or {}
+    if m is None or "tuned_vs_untuned" not in compared:
+        return [*lines, f"Tuned is {report['speedup']:.2f}x faster (tuned / untuned = {1 / report['speedup']:.2f}; "
+                        "timed one build after the other, not interleaved).", ""]
+    lines += [conditions_line(m), "", f"End to end, {_sentence(compared['tuned_vs_untuned'])}.", ""]
+    return lines + kernels_lines(report)
+
+
+def conditions_line(m: dict) -> str:
+    """How the builds were timed, so a reader can judge the run."""
+    pinned = (f"the device's server pinned to core{'s' if len(m['pinned_cpus']) > 1 else ''} "
+              f"{', '.join(map(str, m['pinned_cpus']))}" if m.get("pinned_cpus")
+              else "the device's server not pinned to cores (a remote device, or more threads than free cores)")
+    return (f"Measured interleaved: {m['rounds']} rounds, each build in turn (the order rotating) for "
+            f"{m['per_round']} timed run(s) of {m['number']} after a warm-up run; {pinned}; this machine's load "
+            f"average (1 min) {m['load_avg_before'][0]:.2f} before and {m['load_avg_after'][0]:.2f} after.")
+
+
+def kernels_lines(report: dict) -> list[str]:
+    """How much of the end-to-end saving the kernels timed alone (the per-task table) explain."""
+    tasks = report["tasks"]
+    k_untuned = sum(t["untuned_ms"] * t["calls"] for t in tasks)
+    k_tuned = sum(t["tuned_ms"] * t["calls"] for t in tasks)
+    e_untuned, e_tuned = report["untuned"]["median_ms"], report["tuned"]["median_ms"]
+    saved, k_saved = e_untuned - e_tuned, k_untuned - k_tuned
+    line = (f"The kernels timed alone (the task table) sum to {k_untuned:.2f} ms untuned and {k_tuned:.2f} ms tuned: "
+            f"{k_saved:.2f} ms saved against {saved:.2f} ms end to end")
+    if report["comparisons"]["tuned_vs_untuned"]["within_noise"]:
+        return [line + "; end to end the difference is within noise, so how much of it the kernels explain is not "
+                "measured.", ""]
+    if saved * k_saved <= 0:
+        return [line + ": the kernels alone and the whole inference disagree in sign, and no conclusion is drawn.",
+                ""]
+    return [line + f" ({k_saved / saved:.0%} of it); the tuned kernels make up {k_tuned / e_tuned:.0%} of the tuned "
+            "end-to-end time (the rest: the hand-written tail, the VM's own work, and what kernels cost inside the "
+            "network but not alone).", ""]
 
 
 def padding_lines(tasks: list[dict]) -> list[str]:
@@ -118,23 +181,51 @@ def padding_lines(tasks: list[dict]) -> list[str]:
             + (f" ({', '.join(whole)})." if whole else "."), ""]
 
 
-def ablation_lines(a: dict) -> list[str]:
-    """VIM against the best plain tail the project builds, beside the stock one and the paper."""
+def ablation_lines(a: dict, compared: dict | None = None) -> list[str]:
+    """VIM against the best plain tail the project builds: the tails alone and the whole
+    inference (interleaved), whether the two agree, beside the stock tail and the paper."""
     if not a.get("interpolate_ms"):
         return []
-    saving = 1 - a["vim_ms"] / a["interpolate_ms"]
-    lines = [f"VIM ablation (tuned builds, sample photograph, K = {a['k']} of {a['classes']} classes present at "
-             f"low resolution): VIM {a['vim_ms']:.2f} ms end to end; the plain tail (every class upsampled, then "
-             f"argmax, by the same fused kernel) {a['interpolate_ms']:.2f} ms: VIM takes {saving:.1%} off."]
+    head = (f"VIM ablation (tuned builds, sample photograph, K = {a['k']} of {a['classes']} classes present at "
+            "low resolution; the plain tail upsamples every class, then takes the argmax, in the same fused kernel).")
     t = a.get("tails_ms") or {}
+    tails = ""
     if {"vim", "interpolate", "interpolate_stock"} <= set(t):
-        lines.append(f"The tails alone: VIM {t['vim']:.2f} ms, plain fused {t['interpolate']:.2f} ms, plain from stock "
-                     f"ops (resize2d + argmax at TVM's default schedule: MetaSchedule finds one candidate for that "
-                     f"resize) {t['interpolate_stock']:.2f} ms.")
+        tails = (f" The tails alone: VIM {t['vim']:.2f} ms, plain fused {t['interpolate']:.2f} ms "
+                 f"(VIM saves {t['interpolate'] - t['vim']:.2f} ms, "
+                 f"{(t['interpolate'] - t['vim']) / a['interpolate_ms']:.1%} of the plain build), plain from stock "
+                 f"ops (resize2d + argmax at TVM's default schedule: MetaSchedule finds one candidate for that "
+                 f"resize) {t['interpolate_stock']:.2f} ms.")
+    d = (compared or {}).get("vim_vs_interpolate")
+    if d is None:  # a report from before the interleaved measurement
+        whole = (f" End to end (timed one after the other, not interleaved): VIM {a['vim_ms']:.2f} ms, the plain "
+                 f"tail {a['interpolate_ms']:.2f} ms.")
+    else:
+        whole = f" The whole inference, interleaved: {_sentence(d)}." + tails_agree(t, a["interpolate_ms"], d)
     paper = a.get("paper") or PAPER_VIM
-    lines.append(f"The paper: VIM took {paper['saving']:.1%} off PP-MobileSeg-Base on the phone "
-                 f"({paper['baseline_ms']} to {paper['vim_ms']} ms, Paddle-Lite, one thread).")
-    return [" ".join(lines), ""]
+    return [head + tails + whole + f" The paper: VIM took {paper['saving']:.1%} off PP-MobileSeg-Base on the phone "
+            f"({paper['baseline_ms']} to {paper['vim_ms']} ms, Paddle-Lite, one thread).", ""]
+
+
+def tails_agree(tails: dict, plain_ms: float, d: dict) -> str:
+    """One sentence when the tails timed alone and the interleaved end-to-end ratio disagree
+    (in sign, or by more than the interval); nothing when they agree."""
+    if not {"vim", "interpolate"} <= set(tails):
+        return ""
+    expected = 1 - (tails["interpolate"] - tails["vim"]) / plain_ms  # the ratio the tails alone predict
+    if d["low"] <= expected <= d["high"]:
+        return ""
+    if d["within_noise"] and abs(1 - expected) <= d["noise"]:
+        return (f" The tails alone predict a ratio of {expected:.3f}: a difference smaller than the end-to-end noise, "
+                "which the whole inference cannot resolve.")
+    if d["within_noise"]:
+        return (f" The tails alone predict a ratio of {expected:.3f}, more than the noise, yet the whole inference "
+                "shows no difference: the two disagree, and no conclusion is drawn.")
+    if (expected - 1) * (d["ratio"] - 1) < 0:
+        return (f" The tails alone predict a ratio of {expected:.3f}, of the other sign: the two disagree, and no "
+                "conclusion is drawn.")
+    return (f" The tails alone predict a ratio of {expected:.3f}, outside that interval: the whole inference gains "
+            f"{'more' if d['ratio'] < expected else 'less'} than the tail alone explains.")
 
 
 def tuning_curve(tasks, work, untuned: dict[str, float], timings: dict) -> dict:  # noqa: ANN001
@@ -182,6 +273,19 @@ def profile_table(rows: list[dict], untuned_ms: float, tuned_ms: float) -> list[
     lines += [f"| sum of the parts | {sums['untuned']:.2f} | | {sums['tuned']:.2f} | | |",
               f"| end to end | {untuned_ms:.2f} | | {tuned_ms:.2f} | | |", ""]
     return lines
+
+
+def parts_lines(rows: list[dict], tuned: dict) -> list[str]:
+    """One sentence when the tuned parts timed alone and the tuned build end to end differ by
+    more than that build's own spread (p10 to p90)."""
+    total, e2e = sum(r["tuned_ms"] for r in _main_parts(rows)), tuned["median_ms"]
+    gap, noise = (total - e2e) / e2e, (tuned["p90_ms"] - tuned["p10_ms"]) / e2e
+    if abs(gap) <= noise:
+        return []
+    return [f"The tuned parts timed alone sum to {total:.2f} ms, {abs(gap):.0%} {'more' if gap > 0 else 'less'} than "
+            f"the tuned build end to end ({e2e:.2f} ms), beyond its p10-p90 spread ({noise:.1%}): kernels fused "
+            "across part boundaries, per-call overhead and caches differ between the parts alone and the network, "
+            "so the shares above are indicative.", ""]
 
 
 def _log_axis(axis) -> None:  # noqa: ANN001 - a matplotlib Axis
@@ -273,24 +377,42 @@ def _cell(field, report: dict) -> str:  # noqa: ANN001
         return "-"
 
 
-def compare(reports: list[dict]) -> str:
+def column_names(n: int) -> list[str]:
+    """What ``ppmseg report`` calls its columns: A, B, C..."""
+    return [chr(ord("A") + i) for i in range(n)]
+
+
+def compare(reports: list[dict], measured: dict | None = None, unmeasured: str | None = None) -> str:
     """Reports side by side, one column each (say two devices, two trial budgets, or the
-    arms of an ablation: the work directory's name carries its non-default options)."""
+    arms of an ablation: the work directory's name carries its non-default options), with
+    ``measured`` (``pipeline.tune.compare.measure_reports``): their tuned libraries timed against
+    each other now, interleaved; or ``unmeasured``: why they could not be."""
     rows = {
         "work directory": lambda r: f"`{Path(r['work_dir']).name}`",
         "model": lambda r: r["model"], "device": _device,
         "input": lambda r: "x".join(map(str, r["input_size"])), "threads": lambda r: r["threads"],
         "trials": lambda r: r["trials"], "last run s": lambda r: f"{r['elapsed_s']:.0f}",
-        "untuned median ms": lambda r: f"{r['untuned']['median_ms']:.2f}",
-        "tuned median ms": lambda r: f"{r['tuned']['median_ms']:.2f}",
+        "untuned median ms (its run)": lambda r: f"{r['untuned']['median_ms']:.2f}",
+        "tuned median ms (its run)": lambda r: f"{r['tuned']['median_ms']:.2f}",
         "best-kernels sum ms": lambda r: f"{r['curve']['best_kernels_ms'][-1][1]:.2f}",
-        "speedup": lambda r: f"{r['speedup']:.2f}x",
-        "VIM / interpolate ms": lambda r: f"{r['ablation']['vim_ms']:.2f} / "
-                                          f"{r['ablation'].get('interpolate_ms') or float('nan'):.2f}",
+        "speedup (its run)": lambda r: f"{r['speedup']:.2f}x",
+        "VIM / interpolate ms (its run)": lambda r: f"{r['ablation']['vim_ms']:.2f} / "
+                                                    f"{r['ablation'].get('interpolate_ms') or float('nan'):.2f}",
         "date": lambda r: r["date"],
     }
-    names = [chr(ord("A") + i) for i in range(len(reports))]
+    names = column_names(len(reports))
+    table = {name: [_cell(f, r) for r in reports] for name, f in rows.items()}
+    if measured:
+        timed = [measured["timings"][n] for n in names]
+        table["tuned median ms (interleaved, now)"] = [f"{t['median_ms']:.2f}" for t in timed]
+        table["tuned p10-p90 ms (interleaved, now)"] = [f"{t['p10_ms']:.2f}-{t['p90_ms']:.2f}" for t in timed]
     lines = ["| | " + " | ".join(names) + " |", "|---" * (len(reports) + 1) + "|"]
-    lines += [f"| {name} | " + " | ".join(_cell(f, r) for r in reports) + " |" for name, f in rows.items()]
-    lines += ["", *(f"- {n}: `{r['command']}`" for n, r in zip(names, reports, strict=True))]
+    lines += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in table.items()]
+    lines += ["", *(f"- {n}: `{r['command']}`" for n, r in zip(names, reports, strict=True)), ""]
+    if measured:
+        lines += [conditions_line(measured["conditions"]),
+                  *(f"- {_sentence(d)}." for d in measured["differences"].values())]
+    else:
+        lines.append("The rows marked \"its run\" were measured in separate runs, so a difference between them may "
+                     f"be the machine's, not the libraries' (not timed against each other now: {unmeasured}).")
     return "\n".join(lines) + "\n"

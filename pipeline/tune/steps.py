@@ -26,7 +26,7 @@ from pipeline.compile.build import (
     with_tail,
     write_library,
 )
-from pipeline.tune.measure import time_main, time_tasks
+from pipeline.tune.measure import measure_interleaved, time_tasks
 from pipeline.tune.progress import ProgressPrinter
 from pipeline.tune.signals import handling, request_stop
 from pipeline.tune.workdir import WorkDir
@@ -245,18 +245,10 @@ def build_artifacts(run: Run, modules: dict[str, object], extra: dict) -> dict[s
     return in_parallel({name: functools.partial(build, *b) for name, b in builds.items()})
 
 
-def measure(run: Run, built: dict[str, Built], x: np.ndarray, repeat: int) -> tuple[dict, dict]:
-    """Every artifact run once and timed on the device; returns timings and label maps."""
-    from rpc.session import connect
-
-    timings, labels = {}, {}
-    with connect(run.device.key, run.device.tracker) as session:
-        session.set_threads(run.device.threads)
-        for name, b in built.items():
-            run.log(f"measuring the {name} library on {run.device.name}")
-            timings[name], labels[name] = time_main(session, b.directory / "model.so", x, repeat,
-                                                    number=1 if run.device.emulated else 3)
-    return timings, labels
+def measure(run: Run, built: dict[str, Built], x: np.ndarray, rounds: int) -> tuple[dict, dict, dict]:
+    """Every artifact run once, then timed on the device interleaved (``measure_interleaved``)."""
+    run.log(f"measuring the {', '.join(built)} libraries on {run.device.name}, interleaved ({rounds} rounds)")
+    return measure_interleaved(run.device, {name: b.directory / "model.so" for name, b in built.items()}, x, rounds)
 
 
 def check(tuned_meta: dict, labels: dict[str, np.ndarray], x: np.ndarray, weights: str | None) -> dict:
