@@ -32,6 +32,7 @@ from tvm.s_tir.analysis import estimate_tir_flops
 from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
 
+from schedules.ledger import TimedCostModel, TimedFuture, TimeLedger
 from schedules.vim import HAND_SCHEDULED
 
 WORKLOADS = "database_workload.json"
@@ -294,8 +295,9 @@ class DeviceWatchRunner(ms.runner.PyRunner):
     def __init__(self, runner: ms.runner.Runner, available: Callable[[], bool], wait_s: float,
                  on_wait: Callable[[str], None] = lambda _m: None, poll_s: float = 1.0,
                  stopping: Callable[[], bool] = lambda: False,
-                 on_batch: Callable[[int], None] = lambda _n: None) -> None:
+                 on_batch: Callable[[int], None] = lambda _n: None, ledger: TimeLedger | None = None) -> None:
         self.runner = runner
+        self.ledger = ledger or TimeLedger()  # the wait for each batch's results is the device's time
         self.available = available
         self.wait_s = wait_s
         self.on_wait = on_wait
@@ -321,7 +323,7 @@ class DeviceWatchRunner(ms.runner.PyRunner):
                 time.sleep(self.poll_s)
             self.on_wait("a server is back; tuning continues")
         self.on_batch(len(runner_inputs))
-        return self.runner.run(runner_inputs)
+        return [TimedFuture(f, self.ledger) for f in self.runner.run(runner_inputs)]
 
     def abort(self) -> None:
         """Drop the measurements not started yet and kill the worker processes, so that a run
@@ -359,12 +361,21 @@ class PooledBuilder(ms.builder.PyBuilder):
     tuning time. Workers are still replaced after ``uses`` candidates, against the worker
     memory growth that made LocalBuilder restart its pool."""
 
-    def __init__(self, export: Callable, workers: int = 2, timeout_s: float = 60, uses: int = 100) -> None:
+    def __init__(self, export: Callable, workers: int = 2, timeout_s: float = 60, uses: int = 100,
+                 ledger: TimeLedger | None = None) -> None:
         self.export = export  # module -> path of the exported library
         self.timeout_s = timeout_s
         self.pool = PopenPoolExecutor(max_workers=workers, timeout=timeout_s, maximum_process_uses=uses)
+        self.ledger = ledger or TimeLedger()
 
     def build(self, build_inputs: list[ms.builder.BuilderInput]) -> list[ms.builder.BuilderResult]:
+        with self.ledger.timing("build"):
+            results = self._build(build_inputs)
+        self.ledger.build_batches += 1
+        self.ledger.candidates += len(build_inputs)
+        return results
+
+    def _build(self, build_inputs: list[ms.builder.BuilderInput]) -> list[ms.builder.BuilderResult]:
         jobs = [(self.export, b.mod, b.target) for b in build_inputs]
         results = []
         for r in self.pool.map_with_error_catching(lambda job: _build_candidate(*job), jobs):
@@ -406,9 +417,11 @@ def tune(
     runner: ms.runner.Runner,
     on_update: Callable[[TuneProgress], None] = lambda _p: None,
     seed: int = 0,
+    ledger: TimeLedger | None = None,
 ) -> TuneProgress:
     """Tune ``tasks`` for at most ``max_trials`` new measurements, appending to the JSON
-    database in ``work_dir`` (MetaSchedule's own format and logs)."""
+    database in ``work_dir`` (MetaSchedule's own format and logs); the call's wall time and
+    its cost model's go into ``ledger`` (the builder's and the runner's keep their own)."""
     work_dir = str(work_dir)
     _drop_unnamed_log_handlers()
     # MetaSchedule's logs go to work_dir/logs. Its console handler takes the level its logger
@@ -421,12 +434,14 @@ def tune(
     if max_trials <= 0 or not contexts:
         return progress
     callbacks = [*ms.measure_callback.MeasureCallback.create("default"), ProgressCallback(progress, on_update)]
-    ms.tune_tasks(
-        tasks=contexts, task_weights=weights, work_dir=work_dir, max_trials_global=max_trials,
-        num_trials_per_iter=trials_per_round(max_trials, len(contexts)), builder=builder, runner=runner,
-        database=ms.database.JSONDatabase(work_dir=work_dir), cost_model=ms.cost_model.XGBModel(),
-        measure_callbacks=callbacks,
-    )
+    ledger = ledger or TimeLedger()
+    with ledger.timing("wall"):
+        ms.tune_tasks(
+            tasks=contexts, task_weights=weights, work_dir=work_dir, max_trials_global=max_trials,
+            num_trials_per_iter=trials_per_round(max_trials, len(contexts)), builder=builder, runner=runner,
+            database=ms.database.JSONDatabase(work_dir=work_dir),
+            cost_model=TimedCostModel(ms.cost_model.XGBModel(), ledger), measure_callbacks=callbacks,
+        )
     return progress
 
 

@@ -91,6 +91,15 @@ def test_host_tune_produces_agreeing_libraries_and_report(host_run):
         assert d["low"] <= d["ratio"] <= d["high"] and d["within_noise"] == (d["low"] <= 1 <= d["high"])
     md = (result.artifact / "report.md").read_text()
     assert "Measured interleaved: 3 rounds" in md and "The whole inference, interleaved:" in md
+    # Where the run's time went: the search's parts add up to MetaSchedule's wall time.
+    spent = report["tuning_time"]
+    s = spent["search"]
+    assert s["candidates"] == report["new_trials"] and s["build_batches"] >= 1
+    assert min(s["build_s"], s["measure_wait_s"], s["cost_model_s"]) > 0
+    assert s["build_s"] + s["measure_wait_s"] + s["cost_model_s"] + s["search_s"] == pytest.approx(s["wall_s"], abs=0.5)
+    assert s["wall_s"] <= spent["phases_s"]["search"] + 0.1 <= report["elapsed_s"]
+    assert set(spent["phases_s"]) == {"import", "untuned_tasks", "search", "builds", "measure", "profile"}
+    assert "Where this run's" in md and "waiting for the device's measurements" in md
     # The tuning curve: the best-kernels sum never rises with trials; end to end untuned at 0, tuned now.
     best = report["curve"]["best_kernels_ms"]
     assert best[0][0] == 0 and best[-1][0] == report["trials"]

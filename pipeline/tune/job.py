@@ -112,55 +112,69 @@ def run_tune(req: TuneRequest, log: Callable[[str], None] = print, work_root: Pa
 
 def _tune_and_report(req: TuneRequest, device, work: WorkDir, out_dir: Path,  # noqa: ANN001 - rpc.connect.Device
                      log: Callable[[str], None], rounds: int) -> TuneResult:
+    from model.weights import load_model
+    from pipeline.compile.build import build_spec
+    from pipeline.tune import steps
+
+    t_start = time.perf_counter()
+    model = load_model(req.model, req.weights)
+    spec = build_spec(req.model, model, req.input_size, device.config, req.weights, req.upsample, graph=req.graph)
+    run = steps.Run(device, work, out_dir, model, spec, log, req.device_wait, t_start)
+    with run.phase("import"):
+        modules = steps.import_modules(run)
+        tasks = steps.extract(run, modules)
+    log(f"{len(tasks)} tasks in PP-MobileSeg-{req.model} {req.input_size[0]}x{req.input_size[1]} for "
+        f"{device.name}{' (emulated)' if device.emulated else ''}, {device.threads} thread(s)")
+    with run.phase("untuned_tasks"):
+        untuned = steps.untuned_timings(run, tasks)
+    before = work.measured_trials()
+    if before:
+        log(f"resuming {work.path}: {before} trials already measured")
+    with run.phase("search"):
+        steps.search(run, tasks, untuned, req.budget, req.search)
+    log(f"{work.measured_trials()} trials in the database ({work.measured_trials() - before} new)")
+    return _measure_and_report(run, req, modules, tasks, untuned, before, rounds)
+
+
+def _measure_and_report(run, req: TuneRequest, modules: dict, tasks: list, untuned: dict[str, float],  # noqa: ANN001
+                        before: int, rounds: int) -> TuneResult:
+    """Build, check, measure and profile the libraries of a finished search, and write the report."""
     import torch
 
     from model.image import sample_image_path
-    from model.weights import load_model
     from pipeline.common.inputs import load_input
-    from pipeline.compile.build import build_spec
     from pipeline.tune import steps
     from pipeline.tune.measure import time_tasks
     from pipeline.tune.parts import profile_parts
     from pipeline.tune.report import tuning_curve, tuning_report, write_report
     from schedules.padding import padding_placements
 
-    t_start = time.perf_counter()
-    model = load_model(req.model, req.weights)
-    spec = build_spec(req.model, model, req.input_size, device.config, req.weights, req.upsample, graph=req.graph)
-    run = steps.Run(device, work, out_dir, model, spec, log, req.device_wait, t_start)
-    modules = steps.import_modules(run)
-    tasks = steps.extract(run, modules)
-    log(f"{len(tasks)} tasks in PP-MobileSeg-{req.model} {req.input_size[0]}x{req.input_size[1]} for "
-        f"{device.name}{' (emulated)' if device.emulated else ''}, {device.threads} thread(s)")
-    untuned = steps.untuned_timings(run, tasks)
-    before = work.measured_trials()
-    if before:
-        log(f"resuming {work.path}: {before} trials already measured")
-    steps.search(run, tasks, untuned, req.budget, req.search)
-    log(f"{work.measured_trials()} trials in the database ({work.measured_trials() - before} new)")
-
+    device, work, model = run.device, run.work, run.model
     weights = str(Path(req.weights).resolve()) if req.weights else None
-    built = steps.build_artifacts(run, modules, {"mode": device.config.mode, "emulated": device.emulated,
-                                                 "linker": device.config.linker, "threads": device.threads,
-                                                 "weights": weights})
+    with run.phase("builds"):
+        built = steps.build_artifacts(run, modules, {"mode": device.config.mode, "emulated": device.emulated,
+                                                     "linker": device.config.linker, "threads": device.threads,
+                                                     "weights": weights})
     # Check and measure on the device, with a real photograph.
     x = load_input(sample_image_path(), model.cfg.mean, model.cfg.std, req.input_size).tensor.numpy()
     with torch.inference_mode():
         k_present = int(torch.unique(model(torch.from_numpy(x)).argmax(1)).numel())
-    timings, labels, conditions = steps.measure(run, built, x, rounds)
-    checks = steps.check(built["tuned"].meta, labels, x, weights)
-    tuned_tasks = time_tasks(device, tasks, work.path, work.library_path("tasks-tuned"))
+    with run.phase("measure"):
+        timings, labels, conditions = steps.measure(run, built, x, rounds)
+        checks = steps.check(built["tuned"].meta, labels, x, weights)
+        tuned_tasks = time_tasks(device, tasks, work.path, work.library_path("tasks-tuned"))
     parts = []
     if req.profile:
-        log("profiling the network part by part (untuned and tuned)")
-        parts = profile_parts(device, model, x, spec, work)
+        run.log("profiling the network part by part (untuned and tuned)")
+        with run.phase("profile"):
+            parts = profile_parts(device, model, x, run.spec, work)
 
     curve = tuning_curve(tasks, work, untuned, timings)
     padding = padding_placements(tasks, device.tvm_target(), work.path)
     report = tuning_report(run, req, tasks, timings, conditions, checks, untuned, tuned_tasks, parts, k_present,
                            before, curve, padding)
-    write_report(out_dir, report)
+    write_report(run.out_dir, report)
     work.save_report(report)
-    log(f"untuned {report['untuned']['median_ms']:.1f} ms, tuned {report['tuned']['median_ms']:.1f} ms "
-        f"({report['speedup']:.2f}x) on {device.name}{' (EMULATED)' if device.emulated else ''}")
-    return TuneResult(out_dir, report)
+    run.log(f"untuned {report['untuned']['median_ms']:.1f} ms, tuned {report['tuned']['median_ms']:.1f} ms "
+            f"({report['speedup']:.2f}x) on {device.name}{' (EMULATED)' if device.emulated else ''}")
+    return TuneResult(run.out_dir, report)

@@ -41,6 +41,7 @@ def tuning_report(run, req, tasks, timings: dict, conditions: dict, checks: dict
         "elapsed_s": round(time.perf_counter() - run.t_start, 1), "command": req.command(device.threads),
         "untuned": timings["untuned"], "tuned": timings["tuned"], "speedup": untuned_ms / tuned_ms,
         "measurement": conditions, "comparisons": comparisons(timings),
+        "tuning_time": {"phases_s": dict(run.phases_s), "search": run.ledger.as_dict()},
         "checks": checks,
         "tasks": [{"task": t.task_name, "calls": int(t.weight), "flops": float(_flops(t)),
                    "untuned_ms": untuned[t.task_name], "tuned_ms": tuned_tasks[t.task_name],
@@ -107,6 +108,7 @@ def markdown(report: dict) -> str:
         lines += [f"Network: {g['network_gflop']:.2f} GFLOP (convolutions and matmuls); tuned "
                   f"{g['tuned_gflops']:.1f} GFLOP/s, untuned {g['untuned_gflops']:.1f} GFLOP/s{peak}.", ""]
     lines += curve_lines(report.get("curve"))
+    lines += time_lines(report)
     if report.get("profile"):
         lines += profile_table(report["profile"], report["untuned"]["median_ms"], report["tuned"]["median_ms"])
         lines += parts_lines(report["profile"], report["tuned"])
@@ -252,6 +254,29 @@ def curve_lines(curve: dict | None) -> list[str]:
     return [f"Tuning curve (report.png): the best-kernels sum went from {points[0][1]:.2f} ms at {n0} trials to "
             f"{half:.2f} ms at {nh} and {last:.2f} ms at {n1}; the second half of the trials took off "
             f"{gain:.1%}.", ""]
+
+
+# What the report calls the steps of a run (``Run.phases_s``).
+PHASES = {"import": "import and task extraction", "untuned_tasks": "timing the kernels untuned",
+          "builds": "building the libraries", "measure": "checking and measuring them",
+          "profile": "the profile by part"}
+
+
+def time_lines(report: dict) -> list[str]:
+    """Where the run's wall time went: the search's parts (``schedules.ledger``), then the
+    other steps."""
+    t = report.get("tuning_time")
+    if not t:
+        return []
+    s, phases = t["search"], t["phases_s"]
+    wall = s["wall_s"] or 1e-9
+    search = (f"MetaSchedule {s['wall_s']:.0f} s: building {s['candidates']} candidates {s['build_s']:.0f} s "
+              f"({s['build_s'] / wall:.0%}, {s['build_batches']} batches), waiting for the device's measurements "
+              f"{s['measure_wait_s']:.0f} s ({s['measure_wait_s'] / wall:.0%}), the XGBoost cost model "
+              f"{s['cost_model_s']:.0f} s ({s['cost_model_s'] / wall:.0%}), the task scheduler and evolutionary "
+              f"search {s['search_s']:.0f} s ({s['search_s'] / wall:.0%})")
+    others = ", ".join(f"{label} {phases[k]:.0f} s" for k, label in PHASES.items() if k in phases)
+    return [f"Where this run's {report['elapsed_s']:.0f} s went: {search}; {others}.", ""]
 
 
 def _main_parts(rows: list[dict]) -> list[dict]:

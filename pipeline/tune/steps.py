@@ -9,7 +9,8 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from pipeline.tune.progress import ProgressPrinter
 from pipeline.tune.signals import handling, request_stop
 from pipeline.tune.workdir import WorkDir
 from rpc.connect import Device
+from schedules.ledger import TimeLedger
 
 ABLATION_UPSAMPLE = "interpolate"
 # The search's first phase gives every network kernel one round of this many candidates;
@@ -51,6 +53,17 @@ class Run:
     log: Callable[[str], None]
     device_wait: float
     t_start: float = field(default_factory=time.perf_counter)
+    ledger: TimeLedger = field(default_factory=TimeLedger)  # where the search's time goes
+    phases_s: dict[str, float] = field(default_factory=dict)  # wall time of each step, by name
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Add the block's wall time to ``phases_s[name]``."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases_s[name] = round(self.phases_s.get(name, 0.0) + time.perf_counter() - t0, 1)
 
     @property
     def ablation(self) -> bool:
@@ -100,7 +113,7 @@ def _runner(run: Run, stop: threading.Event, progress: ProgressPrinter):  # noqa
         max_workers=device.servers,
     )
     return tuning.DeviceWatchRunner(rpc_runner, device.available, run.device_wait, on_wait=run.log,
-                                    stopping=stop.is_set, on_batch=progress.on_batch)
+                                    stopping=stop.is_set, on_batch=progress.on_batch, ledger=run.ledger)
 
 
 def _builder_export(linker: str, mod) -> str:  # noqa: ANN001
@@ -187,7 +200,7 @@ def search(run: Run, tasks: list, untuned: dict[str, float], trials: int, how: s
     a device that does not come back stops it with DeviceLost."""
     from schedules import tuning
 
-    builder = tuning.PooledBuilder(functools.partial(_builder_export, run.device.config.linker))
+    builder = tuning.PooledBuilder(functools.partial(_builder_export, run.device.config.linker), ledger=run.ledger)
     stop = threading.Event()
     progress = ProgressPrinter(run.log, run.t_start)
     runner = _runner(run, stop, progress)
@@ -204,7 +217,7 @@ def search(run: Run, tasks: list, untuned: dict[str, float], trials: int, how: s
                     run.log(f"tuning the {len(group)} {phase.kernels}: {phase.budget} trials")
                     progress.start(phase.budget)
                     tuning.tune(group, run.work.path, phase.budget, builder=builder, runner=runner,
-                                on_update=progress.on_update)
+                                on_update=progress.on_update, ledger=run.ledger)
     except BaseException as e:
         runner.abort()
         if stop.is_set():
