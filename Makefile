@@ -25,7 +25,7 @@ RUNNER := build/ppmseg-run
 FUSE_ARG = $(if $(filter on,$(FUSE)),--fuse,$(if $(filter off,$(FUSE)),--no-fuse))
 SERVERS ?= 1
 
-.PHONY: help setup reference test lint demo info build bench-vim bench tune tracker emulator host-server emulator-server \
+.PHONY: help setup bench-setup reference test lint demo info build bench-vim bench tune tracker emulator host-server emulator-server \
 	devices tracker-stop runner runner-aarch64 bundle clean
 
 help:  ## List the targets
@@ -47,6 +47,15 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed  ## Create .venv with the pinned dependencies
 
+# The peer benchmark's engines that live in .venv (pyproject's `bench` extra); the others'
+# environments (.venv-<name>, pipeline/bench/envs/<name>.txt) are created on first use.
+$(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	@touch $@
+
+bench-setup: $(VENV)/.installed-bench  ## The peer benchmark's engines: .venv's extra, then every .venv-<name>
+	$(PY) -m pipeline.bench.envs
+
 $(REF_VENV)/.installed: tests/reference/requirements.txt
 	$(ENSURE_VENV)
 	@test -x $(REF_PY) || $(PYTHON) -m venv $(REF_VENV)
@@ -63,7 +72,7 @@ reference: $(REFERENCE_DIR)/manifest.json  ## PaddleSeg reference checkpoints an
 lint: setup  ## ruff
 	$(VENV)/bin/ruff check .
 
-test: setup reference emulator lint  ## Lint and run the whole test suite (provisions the emulated SD855 first)
+test: setup bench-setup reference emulator lint  ## Lint and run the whole test suite (provisions the emulated SD855 and the bench's environments first)
 	PPMSEG_REFERENCE_DIR=$(REFERENCE_DIR) $(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 info: setup  ## Parameters, GFLOPs and stage shapes (MODEL=tiny|base)
@@ -81,7 +90,7 @@ bench-vim: setup  ## Fused VIM vs unfused vs plain upsample (THREADS=1); writes 
 
 # `make bench` runs Tiny and Base; MODEL=tiny|base on the command line runs one.
 BENCH_MODELS = $(if $(filter file,$(origin MODEL)),tiny base,$(MODEL))
-bench: setup reference  ## PyTorch, ONNX Runtime, Paddle Inference, TVM untuned/tuned side by side [MODEL=] [THREADS=1|all] [DEVICE=host]; writes bench/results/<cpu>/
+bench: setup $(VENV)/.installed-bench reference  ## TVM against PyTorch, ONNX Runtime, Paddle, OpenVINO, MNN, LiteRT, ExecuTorch, ncnn [MODEL=] [THREADS=1|all] [DEVICE=host]; writes bench/results/<cpu>/
 	@set -e; for m in $(BENCH_MODELS); do \
 		$(PPMSEG) bench-peers --model $$m --threads $(THREADS) --device $(DEVICE) \
 			--command "make bench MODEL=$$m THREADS=$(THREADS) DEVICE=$(DEVICE)"; done

@@ -1,16 +1,19 @@
 """``make bench`` (``ppmseg bench-peers``): PP-MobileSeg against its peers on this machine,
 side by side in one run: PyTorch eager, ONNX Runtime, Paddle Inference (the official PaddleSeg
-model), TVM untuned and TVM tuned, same input (the sample photograph), same thread count,
-label maps out.
+model), OpenVINO, MNN, LiteRT, ExecuTorch, ncnn, TVM untuned and TVM tuned, same input (the
+sample photograph), same thread count, in two columns: the network to its logits (every
+engine) and the VIM label map (the engines that can express VIM).
 
 Stages: (1) every engine prepares what it ships (state dict, ONNX file, Paddle inference
-model, TVM library), each in a process of its own; (2) one long-lived worker process per
-engine loads that, runs it once (its label map is compared with PyTorch's) and warms up;
-(3) the workers are timed in rounds, A B C D E A B C D E ..., so that drift of a shared
-machine hits all of them alike; (4) peak resident memory of each worker; (5) results as
-JSON, Markdown and a bar chart (``pipeline.bench.report``). Every wait on a worker has a
-timeout; workers are killed on any error or Ctrl-C; a failing engine becomes one error line
-and a row with its error, and the run exits 1 after writing what it measured.
+model, TVM library, ...), each in a process of its own, under its environment's Python
+(``pipeline.bench.envs``); (2) one long-lived worker process per engine and column loads
+that, runs it once (its result is compared with PyTorch's) and warms up; (3) the workers
+are timed in rounds, A B C D E A B C D E ..., so that drift of a shared machine hits all of
+them alike; (4) peak resident memory of each worker; (5) per-kernel profiles of tuned TVM,
+ONNX Runtime and each column's fastest other engine; results as JSON, Markdown and a bar
+chart (``pipeline.bench.report``). Every wait on a worker has a timeout; workers are killed
+on any error or Ctrl-C; a failing engine becomes one error line and a row with its error,
+and the run exits 1 after writing what it measured.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ import math
 import os
 import select
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.bench.engines import ENGINES, TUNED
+from pipeline.bench.engines import ENGINES, TUNED, column
+from pipeline.bench.envs import EnvError, ensure_env
 from pipeline.bench.machine import machine_info, results_dir
 from pipeline.common.paths import BENCH_WORK, REF_PYTHON, REFERENCE, ROOT, TUNING, relative
 from pipeline.compile.passes import GraphOptions
@@ -38,7 +41,7 @@ from pipeline.tune.workdir import WorkDir
 REFERENCE_ENGINE = "torch"  # label maps are compared with PyTorch eager's
 RATIO_BASE = "onnxruntime"
 # Per-kernel profiles explain the gap between these two (the issue's main target).
-PROFILED = ("tvm-tuned", "onnxruntime")
+PROFILED = ("tvm-tuned", "onnxruntime")  # and the fastest other engine of each column
 PROFILE_RUNS = 5
 
 
@@ -63,6 +66,7 @@ class Settings:
     tuning_root: Path = TUNING
     paddle_backend: str = "onednn"
     engines: tuple[str, ...] = tuple(ENGINES)
+    outputs: tuple[str, ...] = ("labels", "logits")  # the two columns; an engine runs those it offers
     command: str = ""
     prepare_timeout: float = 3600.0  # a TVM build of Base takes minutes on 2 cores
     load_timeout: float = 600.0
@@ -86,7 +90,7 @@ class Worker:
 
     def __init__(self, engine: str, python: Path, mode: str, spec: dict, env: dict, log: Path) -> None:
         self.engine, self.log = engine, log
-        module = ENGINES[engine][0]
+        module = ENGINES[engine].module
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "wb") as err:
             self.proc = subprocess.Popen(
@@ -166,10 +170,11 @@ def worker_env(threads: int) -> dict:
             "TVM_NUM_THREADS": n, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
 
 
-def engine_spec(engine: str, s: Settings, work: Path) -> dict:
+def engine_spec(engine: str, s: Settings, work: Path, output: str = "labels") -> dict:
     spec = {"model": s.model, "input_size": list(s.input_size), "threads": s.threads,
             "checkpoint": str(s.checkpoint), "artifact_dir": str(work / engine), "warmup": s.warmup,
-            "input_path": str(work / "input.npy"), "labels_path": str(work / f"labels-{engine}.npy")}
+            "input_path": str(work / "input.npy"), "output": output,
+            "result_path": str(work / f"{output}-{engine}.npy")}
     if engine == "paddle":
         spec["backend"] = s.paddle_backend
     if engine in TUNED:
@@ -211,141 +216,224 @@ def _size_mb(directory: Path, files: list[str]) -> float:
 def run_bench(s: Settings, log: Callable[[str], None] = print) -> dict:
     """Prepare, load, time in rounds, measure memory; returns the results (see ``pipeline.bench.report``)."""
     work = s.work / s.tuning().path.name
-    env = worker_env(s.threads)
     per_round = max(1, math.ceil(s.repeat / max(s.rounds, 1)))
     rounds = math.ceil(s.repeat / per_round)
     results = {"model": s.model, "input_size": list(s.input_size), "threads": s.threads,
                "date": time.strftime("%Y-%m-%d"), "time": time.strftime("%H:%M:%S"), "command": s.command,
                "machine": machine_info(), "repeat": s.repeat, "rounds": rounds,
-               "settle_s": s.settle_s}
+               "settle_s": s.settle_s, "outputs": list(s.outputs)}
     results["input"] = write_input(s, work / "input.npy")
-    rows: dict[str, dict] = {e: {"engine": e, "threads": s.threads, "median_ms": None, "p90_ms": None,
-                                 "peak_rss_mb": None, "agreement": None, "size_mb": None} for e in s.engines}
-    rows.get("paddle", {}).update(backend=s.paddle_backend)
-
-    def fail(engine: str, err: Exception) -> None:
-        rows[engine]["error"] = " ".join(str(err).split())
-        log(f"error: {engine}: {rows[engine]['error']}")
-
-    # (1) prepare, one process per engine
-    skipped = {e: note for e in rows if e in TUNED and (note := tuned_database_note(s, e))}
-    for engine, note in skipped.items():
-        rows[engine]["note"] = note
-        log(f"{engine}: {note}")
-    active = [e for e in s.engines if e not in skipped]
-    if "paddle" in active and not s.ref_python.is_file():
-        fail("paddle", EngineError(f"{s.ref_python} missing: `make reference` builds the PaddleSeg environment"))
-        active.remove("paddle")
-    started: list[Worker] = []  # every process started here, stopped in `finally` whatever happens
+    run = _Run(s, work, log)
     finished = False
-    workers: dict[str, Worker] = {}
-
-    def launch(engine: str, mode: str, timeout: float) -> tuple[Worker, dict]:
-        python = s.ref_python if ENGINES[engine][1] else Path(sys.executable)
-        log_path = work / "logs" / f"{engine}{'-prepare' if mode == 'prepare' else ''}.log"
-        try:
-            w = Worker(engine, python, mode, engine_spec(engine, s, work), env, log_path)
-        except OSError as e:
-            raise EngineError(f"cannot start {python}: {e}") from None
-        started.append(w)
-        return w, w.reply(timeout)
-
     try:
-        for engine in list(active):
-            log(f"{engine}: preparing")
-            t0 = time.perf_counter()
-            try:
-                w, info = launch(engine, "prepare", s.prepare_timeout)
-            except EngineError as e:
-                fail(engine, e)
-                active.remove(engine)
-                continue
-            w.close()
-            rows[engine].update(size_mb=_size_mb(work / engine, info["files"]), size_counts=info["counts"],
-                                prepare_s=round(time.perf_counter() - t0, 1))
-            if info.get("reused"):
-                rows[engine]["prepare_note"] = "build reused (nothing it depends on changed)"
-
-        # (2) one long-lived worker per engine: load, first run (labels), warm-up
-        warm_ms: dict[str, float] = {}
-        for engine in list(active):
-            log(f"{engine}: loading")
-            try:
-                workers[engine], ready = launch(engine, "serve", s.load_timeout)
-            except EngineError as e:
-                fail(engine, e)
-                active.remove(engine)
-                continue
-            warm_ms[engine] = ready["warm_ms"]
-            rows[engine]["load_rss_mb"] = round(ready["rss_mb"], 1)
-        _agreement(rows, work, active)
-
-        # (3) timed rounds, engines alternating
-        times: dict[str, list[float]] = {e: [] for e in active}
-        for r in range(rounds):
-            for engine in list(active):
-                n = min(per_round, s.repeat - len(times[engine]))
-                time.sleep(s.settle_s)
-                try:
-                    reply = workers[engine].request({"cmd": "time", "n": n}, 60 + 20 * n * warm_ms[engine] / 1e3)
-                except EngineError as e:
-                    fail(engine, e)
-                    active.remove(engine)
-                    continue
-                times[engine] += reply["times_ms"]
-            medians = ", ".join(f"{e} {np.median(times[e]):.1f} ms" for e in active)
-            log(f"after round {r + 1}, medians so far: {medians}")
-
-        # (4) peak memory, then stop
-        for engine in list(active):
-            try:
-                stats = workers[engine].request({"cmd": "stats"}, 30)
-            except EngineError as e:
-                fail(engine, e)
-                active.remove(engine)
-                continue
-            t = np.asarray(times[engine])
-            rows[engine].update(median_ms=float(np.median(t)), p90_ms=float(np.percentile(t, 90)),
-                                peak_rss_mb=round(stats["peak_rss_mb"], 1), repeats=len(t),
-                                times_ms=[round(v, 3) for v in t.tolist()])
-
-        # (5) per-kernel profiles (after the memory reading: profiling builds a second session)
-        profiles = {}
-        for engine in [e for e in PROFILED if e in active]:
-            try:
-                reply = workers[engine].request({"cmd": "profile", "n": PROFILE_RUNS},
-                                                60 + 40 * PROFILE_RUNS * warm_ms[engine] / 1e3)
-            except EngineError as e:  # the timings stand; only the breakdown is missing
-                log(f"warning: {engine}: no profile: {e}")
-                continue
-            profiles[engine] = reply["profile"]
-        results["profiles"] = profiles
+        jobs = run.load(run.prepare())
+        _compare(run.rows, work, jobs)
+        times = run.time_rounds(jobs, per_round, rounds)
+        run.memory(jobs, times)
+        results["profiles"] = run.profiles(jobs, "labels")
+        results["logits_profiles"] = run.profiles(jobs, "logits", also=fastest_of(run.rows, jobs, "labels"))
         finished = True
     finally:  # on an error or Ctrl-C, kill at once; else let the workers quit
-        for w in started:
+        for w in run.started:
             w.close() if finished else w.kill()
-
-    base = rows.get(RATIO_BASE, {}).get("median_ms")
-    for row in rows.values():
-        row["ratio_to_onnxruntime"] = row["median_ms"] / base if base and row["median_ms"] else None
+    for output in ("labels", "logits"):
+        base = run.rows.get(RATIO_BASE, {}).get(column(output, "median_ms"))
+        for row in run.rows.values():
+            ms = row.get(column(output, "median_ms"))
+            row[column(output, "ratio_to_onnxruntime")] = ms / base if base and ms else None
+    for row in run.rows.values():
         if row["size_mb"] is not None:
             row["size_mb"] = round(row["size_mb"], 3)
     results["machine"]["load_avg_end"] = list(os.getloadavg())
-    results["rows"] = list(rows.values())
+    results["rows"] = list(run.rows.values())
     results["tuning"] = _tuning_summary(s)
     return results
 
 
-def _agreement(rows: dict[str, dict], work: Path, active: list[str]) -> None:
-    """Percentage of pixels whose label equals PyTorch eager's."""
-    ref_path = work / f"labels-{REFERENCE_ENGINE}.npy"
-    if REFERENCE_ENGINE not in active or not ref_path.is_file():
-        return
-    ref = np.load(ref_path)
-    rows[REFERENCE_ENGINE]["classes_in_labels"] = int(np.unique(ref).size)
-    for engine in active:
-        labels = np.load(work / f"labels-{engine}.npy")
-        rows[engine]["agreement"] = (float(np.mean(labels == ref) * 100.0) if labels.shape == ref.shape else 0.0)
+Job = tuple[str, str]  # (engine, output)
+
+
+def _empty_row(engine: str, s: Settings) -> dict:
+    row = {"engine": engine, "threads": s.threads, "outputs": [o for o in ENGINES[engine].outputs if o in s.outputs],
+           "size_mb": None, "settings": None, "agreement": None, "logits_max_abs_diff": None}
+    for output in ("labels", "logits"):
+        row.update({column(output, k): None for k in ("median_ms", "p90_ms", "peak_rss_mb")})
+    if engine == "paddle":
+        row["backend"] = s.paddle_backend
+    return row
+
+
+class _Run:
+    """The stages of one benchmark run and the processes they started (``started``)."""
+
+    def __init__(self, s: Settings, work: Path, log: Callable[[str], None]) -> None:
+        self.s, self.work, self.log = s, work, log
+        self.env = worker_env(s.threads)
+        self.rows = {e: _empty_row(e, s) for e in s.engines}
+        self.started: list[Worker] = []
+        self.workers: dict[Job, Worker] = {}
+        self.warm_ms: dict[Job, float] = {}
+        self._pythons: dict[str, Path] = {}
+
+    def fail(self, engine: str, err: Exception) -> None:
+        self.rows[engine]["error"] = " ".join(str(err).split())
+        self.log(f"error: {engine}: {self.rows[engine]['error']}")
+
+    def python(self, engine: str) -> Path:
+        """The engine's environment's Python, created on first use (``pipeline.bench.envs``)."""
+        name = ENGINES[engine].env
+        if name == "ref":  # the PaddleSeg environment is `make reference`'s, and may be given
+            if not self.s.ref_python.is_file():
+                raise EngineError(f"{self.s.ref_python} missing: `make reference` builds the PaddleSeg environment")
+            return self.s.ref_python
+        if name not in self._pythons:
+            try:
+                self._pythons[name] = ensure_env(name, self.log)
+            except EnvError as e:
+                raise EngineError(str(e)) from None
+        return self._pythons[name]
+
+    def launch(self, engine: str, mode: str, output: str, timeout: float) -> tuple[Worker, dict]:
+        python = self.python(engine)
+        name = engine if mode == "prepare" else f"{engine}-{output}"
+        log_path = self.work / "logs" / f"{name}{'-prepare' if mode == 'prepare' else ''}.log"
+        try:
+            w = Worker(engine, python, mode, engine_spec(engine, self.s, self.work, output), self.env, log_path)
+        except OSError as e:
+            raise EngineError(f"cannot start {python}: {e}") from None
+        self.started.append(w)
+        return w, w.reply(timeout)
+
+    def prepare(self) -> list[str]:
+        """(1) Each engine writes what it ships, in a process of its own; the engines that did."""
+        active = []
+        for engine, row in self.rows.items():
+            if engine in TUNED and (note := tuned_database_note(self.s, engine)):
+                row["note"] = note
+                self.log(f"{engine}: {note}")
+                continue
+            self.log(f"{engine}: preparing")
+            t0 = time.perf_counter()
+            try:
+                w, info = self.launch(engine, "prepare", "labels", self.s.prepare_timeout)
+            except EngineError as e:
+                self.fail(engine, e)
+                continue
+            w.close()
+            row.update(size_mb=_size_mb(self.work / engine, info["files"]), size_counts=info["counts"],
+                       prepare_s=round(time.perf_counter() - t0, 1))
+            if info.get("reused"):
+                row["prepare_note"] = "build reused (nothing it depends on changed)"
+            active.append(engine)
+        return active
+
+    def load(self, active: list[str]) -> list[Job]:
+        """(2) One long-lived worker per engine and output: load, first run (saved), warm-up."""
+        jobs = []
+        for engine in active:
+            for output in self.rows[engine]["outputs"]:
+                self.log(f"{engine}: loading ({output})")
+                try:
+                    w, ready = self.launch(engine, "serve", output, self.s.load_timeout)
+                except EngineError as e:
+                    self.fail(engine, e)
+                    jobs = [j for j in jobs if j[0] != engine]
+                    break
+                self.workers[(engine, output)] = w
+                self.warm_ms[(engine, output)] = ready["warm_ms"]
+                self.rows[engine][column(output, "load_rss_mb")] = round(ready["rss_mb"], 1)
+                self.rows[engine]["settings"] = ready.get("settings") or self.rows[engine]["settings"]
+                jobs.append((engine, output))
+        return jobs
+
+    def _drop(self, jobs: list[Job], engine: str, err: EngineError) -> None:
+        self.fail(engine, err)
+        jobs[:] = [j for j in jobs if j[0] != engine]
+
+    def time_rounds(self, jobs: list[Job], per_round: int, rounds: int) -> dict[Job, list[float]]:
+        """(3) Timed rounds, every engine and output alternating."""
+        times: dict[Job, list[float]] = {j: [] for j in jobs}
+        for r in range(rounds):
+            for job in list(jobs):
+                if job not in jobs:  # its engine failed earlier in this round
+                    continue
+                n = min(per_round, self.s.repeat - len(times[job]))
+                time.sleep(self.s.settle_s)
+                try:
+                    reply = self.workers[job].request({"cmd": "time", "n": n}, 60 + 20 * n * self.warm_ms[job] / 1e3)
+                except EngineError as e:
+                    self._drop(jobs, job[0], e)
+                    continue
+                times[job] += reply["times_ms"]
+            medians = ", ".join(f"{e} ({o}) {np.median(times[(e, o)]):.1f} ms" for e, o in jobs)
+            self.log(f"after round {r + 1}, medians so far: {medians}")
+        return times
+
+    def memory(self, jobs: list[Job], times: dict[Job, list[float]]) -> None:
+        """(4) Peak memory of each worker, and the timings into the rows."""
+        for job in list(jobs):
+            if job not in jobs:
+                continue
+            engine, output = job
+            try:
+                stats = self.workers[job].request({"cmd": "stats"}, 30)
+            except EngineError as e:
+                self._drop(jobs, engine, e)
+                continue
+            t = np.asarray(times[job])
+            self.rows[engine].update({column(output, "median_ms"): float(np.median(t)),
+                                      column(output, "p90_ms"): float(np.percentile(t, 90)),
+                                      column(output, "peak_rss_mb"): round(stats["peak_rss_mb"], 1),
+                                      column(output, "repeats"): len(t),
+                                      column(output, "times_ms"): [round(v, 3) for v in t.tolist()]})
+
+    def profiles(self, jobs: list[Job], output: str, also: list[str] = ()) -> dict[str, list[dict]]:
+        """(5) Per-kernel profiles of ``output``'s column (after the memory readings: profiling
+        builds a second session): tuned TVM, ONNX Runtime and the fastest other engine (the
+        label-map column also asks for that engine's logits profile, where its label-map runner
+        has none: ``pipeline.bench.report._profile``)."""
+        out = {}
+        for engine in dict.fromkeys([*PROFILED, *fastest_of(self.rows, jobs, output), *also]):
+            job = (engine, output)
+            if job not in jobs:
+                continue
+            try:
+                reply = self.workers[job].request({"cmd": "profile", "n": PROFILE_RUNS},
+                                                  60 + 40 * PROFILE_RUNS * self.warm_ms[job] / 1e3)
+            except EngineError as e:  # the timings stand; only the breakdown is missing
+                self.log(f"warning: {engine} ({output}): no profile: {e}")
+                continue
+            if reply["profile"]:
+                out[engine] = reply["profile"]
+        return out
+
+
+def fastest_of(rows: dict[str, dict], jobs: list[Job], output: str) -> list[str]:
+    """The fastest engine of ``output``'s column other than TVM's builds (none or one)."""
+    key = column(output, "median_ms")
+    peers = [e for e, o in jobs if o == output and not e.startswith("tvm") and rows[e][key]]
+    return [min(peers, key=lambda e: rows[e][key])] if peers else []
+
+
+def _compare(rows: dict[str, dict], work: Path, jobs: list[Job]) -> None:
+    """Against PyTorch eager's results: the percentage of pixels with its label, the largest
+    absolute difference from its logits."""
+    for output in ("labels", "logits"):
+        ref_path = work / f"{output}-{REFERENCE_ENGINE}.npy"
+        if (REFERENCE_ENGINE, output) not in jobs or not ref_path.is_file():
+            continue
+        ref = np.load(ref_path)
+        if output == "labels":
+            rows[REFERENCE_ENGINE]["classes_in_labels"] = int(np.unique(ref).size)
+        for engine in [e for e, o in jobs if o == output]:
+            got = np.load(work / f"{output}-{engine}.npy")
+            if got.shape != ref.shape:
+                rows[engine][f"{output}_shape_note"] = f"{output} shape {list(got.shape)}, PyTorch's {list(ref.shape)}"
+                rows[engine][column(output, "agreement" if output == "labels" else "max_abs_diff")] = None
+            elif output == "labels":
+                rows[engine]["agreement"] = float(np.mean(got == ref) * 100.0)
+            else:
+                rows[engine]["logits_max_abs_diff"] = float(np.max(np.abs(got.astype(np.float64) - ref)))
 
 
 def _tuning_summary(s: Settings) -> dict | None:

@@ -5,11 +5,15 @@ and ``latest-<model>.json`` (``<model>-t<N>`` at N threads); every file written 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
+from pipeline.bench.engines import column
 from pipeline.common.files import atomic_path
 
 NAMES = {"torch": "PyTorch eager", "onnxruntime": "ONNX Runtime", "paddle": "Paddle Inference",
+         "openvino": "OpenVINO (CPU)", "mnn": "MNN (CPU)", "litert": "LiteRT (XNNPACK)",
+         "executorch": "ExecuTorch (XNNPACK)", "ncnn": "ncnn",
          "tvm-untuned": "TVM untuned", "tvm-tuned": "TVM tuned",
          "tvm-tuned-nchw": "TVM tuned, NCHW graph (blocked layout off)",
          "tvm-tuned-fused": "TVM tuned, fused inverted residuals (FUSE=on)",
@@ -18,15 +22,67 @@ NAMES = {"torch": "PyTorch eager", "onnxruntime": "ONNX Runtime", "paddle": "Pad
 BACKENDS = {"onednn": "oneDNN", "native": "no oneDNN"}
 # The issue's targets (reported, never asserted).
 TUNED_VS_ORT = 0.8
+TUNED_VS_FASTEST = 0.8
 MIN_AGREEMENT = 99.9
+MAX_LOGITS_DIFF = 1e-4  # largest absolute difference from PyTorch eager's logits
+COLUMNS = {"logits": "network to logits", "labels": "label map (VIM)"}
 
 
 def _rows(results: dict) -> dict[str, dict]:
     return {r["engine"]: r for r in results["rows"]}
 
 
-def _ms(row: dict | None) -> float | None:
-    return None if row is None else row.get("median_ms")
+def _ms(row: dict | None, output: str = "labels") -> float | None:
+    return None if row is None else row.get(column(output, "median_ms"))
+
+
+def fastest_peer(results: dict, output: str) -> str | None:
+    """The fastest engine of ``output``'s column other than TVM's builds."""
+    timed = [r for r in results["rows"] if not r["engine"].startswith("tvm") and _ms(r, output)]
+    return min(timed, key=lambda r: _ms(r, output))["engine"] if timed else None
+
+
+def _fastest_target(results: dict, output: str, missing: Callable[..., str]) -> dict:
+    rows = _rows(results)
+    target = f"TVM tuned <= {TUNED_VS_FASTEST}x the fastest other engine, {COLUMNS[output]}"
+    tuned, peer = _ms(rows.get("tvm-tuned"), output), fastest_peer(results, output)
+    if tuned is None or peer is None:
+        return {"target": target, "met": None, "detail": missing("tvm-tuned") or "no other engine measured"}
+    other = _ms(rows[peer], output)
+    ratio = tuned / other
+    detail = f"{ratio:.2f}x {NAMES.get(peer, peer)} ({tuned:.2f} vs {other:.2f} ms)"
+    if ratio > TUNED_VS_FASTEST:
+        detail += f"; needs <= {TUNED_VS_FASTEST * other:.2f} ms; " + _where(results, output, peer)
+    return {"target": target, "met": ratio <= TUNED_VS_FASTEST, "detail": detail, "fastest": peer,
+            "ratio": ratio}
+
+
+def _where(results: dict, output: str, peer: str) -> str:
+    """Which kinds of kernel hold TVM tuned's excess over ``peer``, from the two profiles."""
+    gaps = _family_gaps(results, output, peer)
+    if not gaps:
+        return "no profiles of both to say where"
+    behind = [f"{f} {d:+.2f} ms" for f, d in gaps[:3] if d > 0]
+    return ("the difference is in " + ", ".join(behind)) if behind else "no kind of kernel is slower in the profiles"
+
+
+def _profile(results: dict, output: str, engine: str) -> tuple[list[dict] | None, str]:
+    """``engine``'s profile in ``output``'s column, or, for a label-map runner without a
+    profiler (MNN's), its logits runner's, with a note saying so."""
+    profile = (results.get("profiles" if output == "labels" else "logits_profiles") or {}).get(engine)
+    if profile or output == "logits":
+        return profile, ""
+    fallback = (results.get("logits_profiles") or {}).get(engine)
+    return fallback, " (its label-map runner has no profiler: the network's kernels only)" if fallback else ""
+
+
+def _family_gaps(results: dict, output: str, peer: str) -> list[tuple[str, float]]:
+    """Per kind of kernel, TVM tuned's ms minus ``peer``'s in ``output``'s profiles, largest first."""
+    tvm, other = _profile(results, output, "tvm-tuned")[0], _profile(results, output, peer)[0]
+    if not tvm or not other:
+        return []
+    a, b = _by_family("tvm-tuned", tvm), _by_family(peer, other)
+    return sorted(((f, a.get(f, 0.0) - b.get(f, 0.0)) for f in set(a) | set(b)), key=lambda g: -g[1])
 
 
 def evaluate_targets(results: dict) -> list[dict]:
@@ -36,10 +92,10 @@ def evaluate_targets(results: dict) -> list[dict]:
 
     def missing(*engines: str) -> str:
         for e in engines:
-            if _ms(rows.get(e)) is None:
+            if _ms(rows.get(e)) is None and _ms(rows.get(e), "logits") is None:
                 row = rows.get(e, {})
                 why = row.get("error") or row.get("note", "").removeprefix("not measured: ") or "not run"
-                return f"{NAMES[e]}: {why}"
+                return f"{NAMES.get(e, e)}: {why}"
         return ""
 
     out = []
@@ -61,7 +117,8 @@ def evaluate_targets(results: dict) -> list[dict]:
         else:
             out.append({"target": target, "met": tuned < other,
                         "detail": f"{tuned:.2f} vs {other:.2f} ms ({other / tuned:.2f}x)"})
-    low = [f"{NAMES[e]} {r['agreement']:.3f}%" for e, r in rows.items()
+    out += [_fastest_target(results, o, missing) for o in ("logits", "labels")]
+    low = [f"{NAMES.get(e, e)} {r['agreement']:.3f}%" for e, r in rows.items()
            if r.get("agreement") is not None and r["agreement"] < MIN_AGREEMENT]
     measured = [r for r in rows.values() if r.get("agreement") is not None]
     out.append({"target": f"agreement with PyTorch >= {MIN_AGREEMENT}%",
@@ -69,6 +126,12 @@ def evaluate_targets(results: dict) -> list[dict]:
                 "detail": ("; ".join(low) if low else f"all >= {MIN_AGREEMENT}% "
                            f"(lowest {min(r['agreement'] for r in measured):.4f}%)") if measured
                 else "not measurable"})
+    diffs = {e: r["logits_max_abs_diff"] for e, r in rows.items() if r.get("logits_max_abs_diff") is not None}
+    far = [f"{NAMES.get(e, e)} {d:.2e}" for e, d in diffs.items() if d > MAX_LOGITS_DIFF]
+    out.append({"target": f"logits within {MAX_LOGITS_DIFF:g} of PyTorch's (max abs difference)",
+                "met": (not far) if diffs else None,
+                "detail": ("; ".join(far) if far else f"all <= {MAX_LOGITS_DIFF:g} (largest {max(diffs.values()):.2e})")
+                if diffs else "not measurable"})
     return out
 
 
@@ -103,28 +166,36 @@ def markdown(results: dict) -> str:
         "",
         f"- Machine: {m['cpu']} ({m['arch']}{_cpu_generation(m)}, {m['cores']} cores), {load}at the end (1 min).",
         f"- Date: {results['date']} {results['time']}. Command: `{results['command']}`",
-        f"- Input: {inp['image']}, {inp['preprocessing']}; {inp['num_classes']} classes, label map out "
-        "(VIM in every engine).",
-        f"- {results['threads']} thread(s) per engine; {results['repeat']} timed runs per engine in "
-        f"{results['rounds']} rounds, engines alternating{_settle(results)}; each engine in its own process "
-        "(peak RSS is that process's VmHWM); agreement = pixels equal to PyTorch eager's label map.",
+        f"- Input: {inp['image']}, {inp['preprocessing']}; {inp['num_classes']} classes. Two columns: the "
+        "network to its logits (every engine; TVM: the library's `logits` function, the same network kernels as "
+        "`main`), and the label map through VIM (the engines that can express VIM's data-dependent class "
+        "selection; the others are timed on the logits column only).",
+        f"- {results['threads']} thread(s) per engine; {results['repeat']} timed runs per engine and column in "
+        f"{results['rounds']} rounds, engines alternating{_settle(results)}; each engine and column in its own "
+        "process (peak RSS is that process's VmHWM); agreement = pixels equal to PyTorch eager's label map; "
+        "logits diff = largest absolute difference from PyTorch eager's logits.",
         "",
-        "| engine | median ms | p90 ms | x ONNX Runtime | peak RSS MB | size MB | agreement % |",
-        "|---|---|---|---|---|---|---|",
+        "| engine | logits median ms | logits p90 ms | labels median ms | labels p90 ms | labels x ONNX Runtime "
+        "| peak RSS MB | size MB | agreement % | logits diff |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     notes = []
     for r in results["rows"]:
-        agreement = _fmt(r.get("agreement"), ".3f")
-        lines.append(f"| {_name(r)} | {_fmt(r['median_ms'])} | {_fmt(r['p90_ms'])} | "
-                     f"{_fmt(r.get('ratio_to_onnxruntime'))} | {_fmt(r['peak_rss_mb'], '.0f')} | "
-                     f"{_fmt(r.get('size_mb'))} | {agreement} |")
-        for key in ("error", "note"):
+        rss = max((v for v in (r.get("peak_rss_mb"), r.get("logits_peak_rss_mb")) if v is not None), default=None)
+        lines.append(f"| {_name(r)} | {_fmt(r.get('logits_median_ms'))} | {_fmt(r.get('logits_p90_ms'))} | "
+                     f"{_fmt(r['median_ms'])} | {_fmt(r['p90_ms'])} | {_fmt(r.get('ratio_to_onnxruntime'))} | "
+                     f"{_fmt(rss, '.0f')} | {_fmt(r.get('size_mb'))} | {_fmt(r.get('agreement'), '.3f')} | "
+                     f"{_fmt(r.get('logits_max_abs_diff'), '.1e')} |")
+        for key in ("error", "note", "labels_shape_note", "logits_shape_note"):
             if r.get(key):
                 notes.append(f"- {_name(r)}: {'ERROR: ' if key == 'error' else ''}{r[key]}")
+        if r.get("outputs") == ["logits"]:
+            notes.append(f"- {_name(r)}: timed on the logits column only (it cannot express the VIM tail).")
     sizes = [f"{_name(r)}: {r['size_counts']}" for r in results["rows"] if r.get("size_counts")]
     lines += ["", "Size counts what ships to a device: " + "; ".join(sizes) + ".", ""]
     if notes:
         lines += notes + [""]
+    lines += _settings_table(results["rows"])
     lines += ["## Targets (reported, not asserted)", ""]
     targets = evaluate_targets(results)
     for t in targets:
@@ -134,27 +205,49 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-# Kernel families for comparing per-kernel profiles: (family, TVM kernel name substrings,
-# ONNX Runtime kernel kinds, see ort_engine._kernel_kind). First match wins; TVM's fused
+def _settings_table(rows: list[dict]) -> list[str]:
+    """Each engine's precision, threads and what runs outside its fast path, as its worker reported."""
+    rows = [r for r in rows if r.get("settings")]
+    if not rows:
+        return []
+    lines = ["### Engine settings (as each engine reported them)", "",
+             "| engine | precision | threads | fast path, and what runs outside it | other |", "|---|---|---|---|---|"]
+    for r in rows:
+        st = dict(r["settings"])
+        precision, threads, fast = (st.pop(k, "-") for k in ("precision", "threads", "fast path"))
+        other = "; ".join(f"{k}: {v}" for k, v in st.items()) or "-"
+        lines.append(f"| {_name(r)} | {precision} | {threads} | {fast} | {other} |")
+    return [*lines, ""]
+
+
+# Kernel families for comparing per-kernel profiles: (family, TVM kernel name substrings, the
+# other engines' kinds: ONNX Runtime's (ort_engine._kernel_kind), OpenVINO's node types
+# (openvino_engine._kernel_kind), MNN's operator types). First match wins; TVM's fused
 # kernels are named after their main operator (fused_conv2d12_add13_... is a convolution with
 # its epilogue; blocked depthwise ones are named depthwise_conv2d_nchwc).
 FAMILIES = (
     ("VIM tail", ("vim", "argmax", "presence"), ("VIM tail",)),
-    ("depthwise convolution", ("depthwise",), ("Conv depthwise", "FusedConv depthwise", "NchwcConv depthwise")),
-    ("convolution", ("conv2d",), ("Conv", "FusedConv", "NchwcConv")),
-    ("matmul", ("matmul", "dense"), ("MatMul", "FusedMatMul", "Gemm")),
+    ("depthwise convolution", ("depthwise",), ("Conv depthwise", "FusedConv depthwise", "NchwcConv depthwise",
+                                                "GroupConvolution depthwise", "Convolution depthwise",
+                                                "ConvolutionDepthwise")),
+    ("convolution", ("conv2d",), ("Conv", "FusedConv", "NchwcConv", "Convolution", "GroupConvolution")),
+    ("matmul", ("matmul", "dense"), ("MatMul", "FusedMatMul", "Gemm", "FullyConnected")),
     ("softmax", ("softmax",), ("Softmax",)),
-    ("resize", ("resize2d",), ("Resize", "Upsample")),
-    ("reduce mean", ("mean",), ("ReduceMean", "GlobalAveragePool")),
-    ("layout transforms", ("layout_transform",), ("ReorderInput", "ReorderOutput")),
+    ("resize", ("resize2d",), ("Resize", "Upsample", "Interpolate", "Interp")),
+    ("reduce mean", ("mean",), ("ReduceMean", "GlobalAveragePool", "Reduction")),
+    ("layout transforms", ("layout_transform",), ("ReorderInput", "ReorderOutput", "Reorder", "Transpose",
+                                                  "Raster", "ConvertTensor")),
     ("VM builtins (allocation, shapes; an upper bound)", ("vm.builtin",), ()),
 )
 OTHER = "element-wise and other"
+PROFILERS = {"tvm-tuned": "the VM's instrument callback around every kernel it calls",
+             "onnxruntime": "its session profiler, per node", "openvino": "its per-node performance counters",
+             "mnn": "the time between its per-operator session callbacks"}
 
 
 def kernel_family(engine: str, kernel: str) -> str:
-    for family, tvm_keys, ort_ops in FAMILIES:
-        if (any(k in kernel for k in tvm_keys) if engine.startswith("tvm") else kernel in ort_ops):
+    for family, tvm_keys, peer_kinds in FAMILIES:
+        if (any(k in kernel for k in tvm_keys) if engine.startswith("tvm") else kernel in peer_kinds):
             return family
     return OTHER
 
@@ -167,24 +260,38 @@ def _by_family(engine: str, profile: list[dict]) -> dict[str, float]:
     return out
 
 
+def _comparison(results: dict, output: str, peer: str) -> list[str]:
+    """TVM tuned against ``peer`` per kind of kernel in ``output``'s column, largest gap first."""
+    title = f"{COLUMNS[output]}, TVM tuned against {NAMES.get(peer, peer)}"
+    (tvm, _), (other, note) = _profile(results, output, "tvm-tuned"), _profile(results, output, peer)
+    if not tvm or not other:
+        return [f"No per-kernel profiles of TVM tuned and {NAMES.get(peer, peer)} in this run ({COLUMNS[output]}).",
+                ""]
+    fam_tvm, fam_peer = _by_family("tvm-tuned", tvm), _by_family(peer, other)
+    lines = [f"**{title}** (TVM: {PROFILERS['tvm-tuned']}; {NAMES.get(peer, peer)}: "
+             f"{PROFILERS.get(peer, 'its profiler')}{note}):", "",
+             f"| kernels | TVM tuned ms | {NAMES.get(peer, peer)} ms | difference ms |", "|---|---|---|---|"]
+    for f, gap in _family_gaps(results, output, peer):
+        lines.append(f"| {f} | {fam_tvm.get(f, 0.0):.2f} | {fam_peer.get(f, 0.0):.2f} | {gap:+.2f} |")
+    total_tvm, total_peer = sum(fam_tvm.values()), sum(fam_peer.values())
+    return [*lines, f"| all | {total_tvm:.2f} | {total_peer:.2f} | {total_tvm - total_peer:+.2f} |", ""]
+
+
 def _where_the_time_goes(results: dict) -> list[str]:
-    profiles = results.get("profiles") or {}
-    tvm, ort = profiles.get("tvm-tuned"), profiles.get("onnxruntime")
-    heading = ["### Where the time goes (measured in this run)", ""]
-    if not tvm or not ort:
-        return [*heading, "No per-kernel profiles in this run (TVM tuned and ONNX Runtime) to compare."]
-    fam_tvm, fam_ort = _by_family("tvm-tuned", tvm), _by_family("onnxruntime", ort)
-    families = sorted(set(fam_tvm) | set(fam_ort), key=lambda f: -(fam_tvm.get(f, 0.0) - fam_ort.get(f, 0.0)))
-    lines = [*heading,
-             "Per-kernel profiles, mean of 5 instrumented runs after the timed ones (TVM: the VM's instrument "
-             "callback around every kernel it calls; ONNX Runtime: its session profiler, per node), by kind of "
-             "kernel, largest gap first:", "",
-             "| kernels | TVM tuned ms | ONNX Runtime ms | difference ms |", "|---|---|---|---|"]
-    for f in families:
-        a, b = fam_tvm.get(f, 0.0), fam_ort.get(f, 0.0)
-        lines.append(f"| {f} | {a:.2f} | {b:.2f} | {a - b:+.2f} |")
-    total_tvm, total_ort = sum(fam_tvm.values()), sum(fam_ort.values())
-    lines += [f"| all | {total_tvm:.2f} | {total_ort:.2f} | {total_tvm - total_ort:+.2f} |", ""]
+    lines = ["### Where the time goes (measured in this run)", "",
+             "Per-kernel profiles, mean of 5 instrumented runs after the timed ones, by kind of kernel: TVM tuned "
+             "against ONNX Runtime and against the fastest other engine of each column.", ""]
+    pairs = [("labels", "onnxruntime")]
+    for output in ("logits", "labels"):
+        peer = fastest_peer(results, output)
+        if peer and (output, peer) not in pairs:
+            pairs.append((output, peer))
+    for output, peer in pairs:
+        lines += _comparison(results, output, peer)
+    tvm = (results.get("profiles") or {}).get("tvm-tuned")
+    if not tvm:
+        return lines
+    total_tvm = sum(e["ms"] for e in tvm)
     tuning = results.get("tuning") or {}
     trials = tuning.get("task_trials", {})
     if trials:
@@ -214,30 +321,33 @@ def _where_the_time_goes(results: dict) -> list[str]:
 
 
 def plot(results: dict, path: Path) -> None:
+    """Median per engine, a bar per column (logits, label map), p90 as the whisker."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    rows = [r for r in results["rows"]][::-1]
-    names = [_name(r) for r in rows]
-    medians = [r["median_ms"] or 0.0 for r in rows]
-    errors = [[0.0 for _ in rows], [(r["p90_ms"] - r["median_ms"]) if r["median_ms"] else 0.0 for r in rows]]
-    fig, ax = plt.subplots(figsize=(8, 3.6))
-    colors = ["tab:orange" if r["engine"].startswith("tvm") else "tab:blue" for r in rows]
-    ax.barh(names, medians, xerr=errors, color=colors, capsize=3)
+    rows = results["rows"][::-1]
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.5 * len(rows)))
+    measured = [v for r in rows for o in COLUMNS if (v := _ms(r, o))]
+    left = min(measured, default=1.0) / 2
+    right = max((r.get(column(o, "p90_ms")) or 0.0 for r in rows for o in COLUMNS), default=1.0) * 3
+    for shift, (output, label) in zip((0.2, -0.2), COLUMNS.items(), strict=True):
+        medians = [_ms(r, output) or 0.0 for r in rows]
+        p90 = [(r.get(column(output, "p90_ms")) or m) - m for r, m in zip(rows, medians, strict=True)]
+        ys = [i + shift for i in range(len(rows))]
+        ax.barh(ys, medians, height=0.38, xerr=[[0.0] * len(rows), p90], capsize=2, label=label,
+                color="tab:orange" if output == "labels" else "tab:blue")
+        for y, r, m, extra in zip(ys, rows, medians, p90, strict=True):
+            text = f"{m:.1f} ms" if m else ("failed" if r.get("error") else "not measured")
+            ax.text((m + extra) * 1.08 if m else left * 1.05, y, text, va="center", fontsize=7)
+    ax.set_yticks(range(len(rows)), [_name(r) for r in rows], fontsize=8)
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    left = min((m for m in medians if m > 0), default=1.0) / 2
-    ax.set_xlim(left=left, right=max((r["p90_ms"] or 0.0 for r in rows), default=1.0) * 3)
-    for i, r in enumerate(rows):
-        if r["median_ms"]:
-            ratio = f", {r['ratio_to_onnxruntime']:.2f}x ORT" if r.get("ratio_to_onnxruntime") else ""
-            ax.text(r["p90_ms"] * 1.08, i, f"{r['median_ms']:.1f} ms{ratio}", va="center", fontsize=8)
-        else:
-            ax.text(left * 1.05, i, "not measured" if not r.get("error") else "failed", va="center", fontsize=8)
+    ax.set_xlim(left=left, right=right)
+    ax.legend(fontsize=7, loc="lower right")
     h, w = results["input_size"]
     ax.set_xlabel("median latency, ms (log scale; whisker: p90)")
     ax.set_title(f"PP-MobileSeg-{results['model'].capitalize()} {h}x{w}, {results['threads']} thread(s), "

@@ -4,9 +4,11 @@
 
 Replies are JSON lines on the process's original stdout; everything the libraries print
 goes to stderr instead (fd 1 is pointed at fd 2), so chatter cannot corrupt the protocol.
-``prepare`` writes the engine's artifact and replies once. ``serve`` loads the artifact,
-runs it once (saving the label map to ``spec["labels_path"]``), warms up, replies
-``ready``, then answers commands read from stdin, one JSON object a line:
+``prepare`` writes the engine's artifact and replies once. ``serve`` loads the artifact
+for ``spec["output"]`` (``labels`` or ``logits``), runs it once (saving the result to
+``spec["result_path"]``: an int32 ``[H, W]`` label map or the float32 logits), warms up,
+replies ``ready`` (with the runner's ``settings``, if it has them), then answers commands
+read from stdin, one JSON object a line:
 
 - ``{"cmd": "time", "n": N}``: N timed runs -> ``{"times_ms": [...]}``;
 - ``{"cmd": "stats"}``: ``{"peak_rss_mb": ...}`` of this process (VmHWM);
@@ -62,15 +64,18 @@ def _serve(module, spec: dict, proto: IO[str]) -> None:  # noqa: ANN001 - an eng
     run = module.load(spec)
     x = np.load(spec["input_path"])
     t0 = time.perf_counter()
-    labels = np.asarray(run(x))
+    result = np.asarray(run(x))
     first_ms = (time.perf_counter() - t0) * 1e3
-    np.save(spec["labels_path"], labels.reshape(labels.shape[-2:]).astype(np.int32))
+    if spec.get("output", "labels") == "labels":
+        result = result.reshape(result.shape[-2:]).astype(np.int32)
+    np.save(spec["result_path"], result)
     warm_ms = first_ms
     for _ in range(int(spec.get("warmup", 3))):
         t0 = time.perf_counter()
         run(x)
         warm_ms = (time.perf_counter() - t0) * 1e3
-    _reply(proto, event="ready", first_ms=first_ms, warm_ms=warm_ms, rss_mb=peak_rss_mb())
+    _reply(proto, event="ready", first_ms=first_ms, warm_ms=warm_ms, rss_mb=peak_rss_mb(),
+           settings=getattr(run, "settings", None))
     for line in sys.stdin:
         cmd = json.loads(line)
         if cmd["cmd"] == "time":

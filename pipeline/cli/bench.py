@@ -38,7 +38,8 @@ OUT_HELP = "Where the results go (default bench/results/<this CPU's LLVM name>, 
 def bench_peers(model: str, threads: int, repeat: int, rounds: int, settle: float, input_size: str, out: Path | None,
                 work: Path, device: str, checkpoint: Path | None, ref_python: Path, tuning_root: Path,
                 paddle_backend: str, engines: str | None, command_line: str | None) -> None:
-    """PyTorch, ONNX Runtime, Paddle Inference and TVM untuned/tuned side by side (`make bench`)."""
+    """TVM untuned/tuned against PyTorch, ONNX Runtime, Paddle, OpenVINO, MNN, LiteRT, ExecuTorch and ncnn
+    (`make bench`): logits and label map."""
     from pipeline.bench import peers
     from pipeline.bench.engines import ENGINES
     from pipeline.bench.machine import results_dir

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,21 +51,27 @@ class LockedError(RuntimeError):
 
 
 @contextmanager
-def exclusive_lock(path: str | Path, what: str) -> Iterator[None]:
+def exclusive_lock(path: str | Path, what: str, wait: float = 0.0) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``path`` (the kernel releases it when the holder dies,
-    so a killed run never leaves a stale lock); refuse at once if another process has it."""
+    so a killed run never leaves a stale lock); refuse if another process still has it after
+    ``wait`` seconds (at once by default)."""
     import fcntl
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + wait
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise LockedError(f"{what} is in use by another run (pid {holder}); wait for it to finish "
-                              f"or stop it") from None
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                    raise LockedError(f"{what} is in use by another run (pid {holder}); wait for it to finish "
+                                      f"or stop it") from None
+                time.sleep(1.0)
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield

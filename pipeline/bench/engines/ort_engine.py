@@ -1,6 +1,7 @@
-"""ONNX Runtime (CPU execution provider) on the dynamo ONNX export of our model, with
-the VIM tail appended as ONNX operators, so the graph returns the label map as the
-other engines do. What ships is ``model.onnx`` (weights inside)."""
+"""ONNX Runtime (CPU execution provider) on the dynamo ONNX export of our model: ``logits.onnx``
+(the network alone) and ``model.onnx``, the same graph with the VIM tail appended as ONNX
+operators, so that it returns the label map as the other engines do (weights inside both).
+The OpenVINO and MNN engines start from the same two files (``write_onnx``)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from pipeline.common.files import atomic_path
 
-ONNX_FILE = "model.onnx"
+ONNX_FILES = {"labels": "model.onnx", "logits": "logits.onnx"}
 LABELS = "labels"
 
 
@@ -63,7 +64,8 @@ def append_label_tail(model: onnx.ModelProto, size: tuple[int, int], vim: bool) 
     return model
 
 
-def prepare(spec: dict) -> dict:
+def write_onnx(spec: dict) -> dict[str, Path]:
+    """Both ONNX files in ``spec["artifact_dir"]``, by output."""
     from model.upsample import VIM_MIN_CLASSES
     from model.weights import load_model
     from pipeline.compile.fold import fold_batchnorm
@@ -71,21 +73,29 @@ def prepare(spec: dict) -> dict:
 
     out = Path(spec["artifact_dir"])
     out.mkdir(parents=True, exist_ok=True)
+    paths = {k: out / name for k, name in ONNX_FILES.items()}
     model = load_model(spec["model"], spec["checkpoint"])
     size = tuple(spec["input_size"])
-    logits_path = out / "logits.onnx"
     # The same graph TVM imports (BatchNorm folded; ORT would fold it itself anyway).
-    export_onnx(fold_batchnorm(model), (1, 3, *size), logits_path)
-    graph = append_label_tail(onnx.load(str(logits_path)), size, model.cfg.num_classes >= VIM_MIN_CLASSES)
+    export_onnx(fold_batchnorm(model), (1, 3, *size), paths["logits"])
+    graph = append_label_tail(onnx.load(str(paths["logits"])), size, model.cfg.num_classes >= VIM_MIN_CLASSES)
     onnx.checker.check_model(graph)
-    with atomic_path(out / ONNX_FILE) as tmp:
+    with atomic_path(paths["labels"]) as tmp:
         onnx.save(graph, str(tmp))
-    logits_path.unlink()
-    return {"files": [ONNX_FILE], "counts": "model.onnx (weights inside)"}
+    return paths
+
+
+def prepare(spec: dict) -> dict:
+    write_onnx(spec)
+    return {"files": [ONNX_FILES["labels"]], "counts": "model.onnx (weights inside)"}
 
 
 def load(spec: dict) -> Callable[[np.ndarray], np.ndarray]:
-    return _Runner(Path(spec["artifact_dir"]) / ONNX_FILE, int(spec["threads"]))
+    output = spec.get("output", "labels")
+    runner = _Runner(Path(spec["artifact_dir"]) / ONNX_FILES[output], int(spec["threads"]))
+    runner.settings = {"precision": "fp32", "threads": int(spec["threads"]),
+                       "fast path": "every node on the CPU execution provider (MLAS)"}
+    return runner
 
 
 def _kernel_kind(event: dict) -> str:
@@ -108,6 +118,7 @@ class _Runner:
         self._path, self._threads = path, threads
         self._session = self._open()
         self._input = self._session.get_inputs()[0].name
+        self._output = self._session.get_outputs()[0].name
 
     def _open(self, profile_prefix: str | None = None):  # noqa: ANN202 - ort.InferenceSession
         import onnxruntime as ort
@@ -123,12 +134,12 @@ class _Runner:
         return ort.InferenceSession(str(self._path), options, providers=["CPUExecutionProvider"])
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self._session.run([LABELS], {self._input: x})[0]
+        return self._session.run([self._output], {self._input: x})[0]
 
     def profile(self, x: np.ndarray, runs: int) -> list[dict]:
         session = self._open(str(self._path.with_name("ort-profile")))
         for _ in range(runs + 1):
-            session.run([LABELS], {self._input: x})
+            session.run([self._output], {self._input: x})
         trace = Path(session.end_profiling())
         events = json.loads(trace.read_text())
         # The first run (allocations, first-touch) is left out, as in the timed runs.

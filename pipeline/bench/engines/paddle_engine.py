@@ -36,7 +36,8 @@ import paddle.nn.functional as F  # noqa: E402
 from paddleseg.models.backbones.strideformer import MobileSeg_Base, MobileSeg_Tiny  # noqa: E402
 from paddleseg.models.pp_mobileseg import PPMobileSeg  # noqa: E402
 
-PREFIX = "model"  # paddle.jit.save writes model.json (PIR program) + model.pdiparams
+# paddle.jit.save writes <prefix>.json (PIR program) + <prefix>.pdiparams, one model per output
+PREFIXES = {"labels": "model", "logits": "logits"}
 BACKENDS = ("onednn", "native")
 # The official ADE20K configs of PaddleSeg 2.8 (as tests/reference/generate.py builds them).
 BACKBONES = {
@@ -46,9 +47,14 @@ BACKBONES = {
 
 
 class ExportablePPMobileSeg(PPMobileSeg):
-    """PaddleSeg's PPMobileSeg with its VIM branch in exportable ops (see the module doc)."""
+    """PaddleSeg's PPMobileSeg with its VIM branch in exportable ops (see the module doc), or
+    with ``logits_only`` the network alone (the decode head's low-resolution logits)."""
+
+    logits_only = False
 
     def forward(self, x):  # noqa: ANN001, ANN201 - paddle tensors
+        if self.logits_only:
+            return [self.decode_head(self.backbone(x))]
         if self.upsample != "vim" or self.training or self.num_classes < 30:
             return super().forward(x)
         x_hw = x.shape[2:]
@@ -68,16 +74,23 @@ def prepare(spec: dict) -> dict:
         raise ValueError(f"{spec['checkpoint']}: does not fit PaddleSeg's PP-MobileSeg-{spec['model']} "
                          f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
     model.eval()
-    shape = [1, 3, *spec["input_size"]]
-    static = paddle.jit.to_static(model, input_spec=[paddle.static.InputSpec(shape, "float32", "x")],
-                                  full_graph=True)
     out = Path(spec["artifact_dir"])
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob(PREFIX + ".*"):  # so that the size counts only this export's files
+    files = {}
+    for output, prefix in PREFIXES.items():
+        model.logits_only = output == "logits"
+        files[output] = _export(model, spec["input_size"], out, prefix)
+    return {"files": files["labels"], "counts": " + ".join(files["labels"]) + " (paddle.jit.save inference model)"}
+
+
+def _export(model: ExportablePPMobileSeg, size: list[int], out: Path, prefix: str) -> list[str]:
+    """``paddle.jit.save`` of ``model`` as it is now; the files written."""
+    for old in out.glob(prefix + ".*"):  # so that the size counts only this export's files
         old.unlink()
-    paddle.jit.save(static, str(out / PREFIX))
-    files = sorted(p.name for p in out.iterdir() if p.name.startswith(PREFIX + "."))
-    return {"files": files, "counts": " + ".join(files) + " (paddle.jit.save inference model)"}
+    static = paddle.jit.to_static(model, input_spec=[paddle.static.InputSpec([1, 3, *size], "float32", "x")],
+                                  full_graph=True)
+    paddle.jit.save(static, str(out / prefix))
+    return sorted(p.name for p in out.iterdir() if p.name.startswith(prefix + "."))
 
 
 def load(spec: dict) -> Callable[[np.ndarray], np.ndarray]:
@@ -87,7 +100,8 @@ def load(spec: dict) -> Callable[[np.ndarray], np.ndarray]:
     if backend not in BACKENDS:
         raise ValueError(f"unknown Paddle backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     out = Path(spec["artifact_dir"])
-    config = inference.Config(str(out / f"{PREFIX}.json"), str(out / f"{PREFIX}.pdiparams"))
+    prefix = PREFIXES[spec.get("output", "labels")]
+    config = inference.Config(str(out / f"{prefix}.json"), str(out / f"{prefix}.pdiparams"))
     config.disable_gpu()
     config.set_cpu_math_library_num_threads(int(spec["threads"]))
     config.switch_ir_optim(True)
@@ -107,4 +121,7 @@ def load(spec: dict) -> Callable[[np.ndarray], np.ndarray]:
         predictor.run()
         return sink.copy_to_cpu()
 
+    run.settings = {"precision": "fp32", "threads": int(spec["threads"]),
+                    "fast path": "oneDNN's fused convolutions, matmuls and element-wise ops; the rest on Paddle's "
+                                 "own CPU kernels" if backend == "onednn" else "Paddle's own CPU kernels"}
     return run

@@ -1,4 +1,5 @@
-"""PyTorch eager: our model with ``output="vim"`` under ``torch.inference_mode``.
+"""PyTorch eager: our model with ``output="vim"`` (labels) or ``"logits"`` under
+``torch.inference_mode``, float32.
 
 What ships is the converted state dict (``model.pt``); the model code is the project's."""
 
@@ -24,11 +25,14 @@ def prepare(spec: dict) -> dict:
 
 
 def load(spec: dict) -> Callable[[np.ndarray], np.ndarray]:
-    torch.set_num_threads(int(spec["threads"]))
-    model = load_model(spec["model"], Path(spec["artifact_dir"]) / STATE_DICT, output="vim").eval()
+    threads = int(spec["threads"])
+    torch.set_num_threads(threads)
+    output = "vim" if spec.get("output", "labels") == "labels" else "logits"
+    model = load_model(spec["model"], Path(spec["artifact_dir"]) / STATE_DICT, output=output).eval()
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             return model(torch.from_numpy(x)).numpy()
 
+    run.settings = {"precision": "fp32", "threads": threads, "fast path": "every op (eager, oneDNN/ATen CPU kernels)"}
     return run

@@ -1,6 +1,8 @@
 """TVM: our model compiled with the default CPU pipeline (untuned) or with the MetaSchedule
 database of ``make tune`` (tuned), for the same target ``make tune DEVICE=host`` uses
-(``num-cores`` = the thread count), VIM tail included. What ships is ``model.so``.
+(``num-cores`` = the thread count), VIM tail included. What ships is ``model.so``; its
+``main`` gives the label map and its ``logits`` the network alone (the same private
+network function, so the same kernels: ``pipeline.compile.tail``).
 
 Builds are artifact directories (``model.so`` + ``meta.json``) reused while nothing they
 depend on changed (``pipeline.compile.artifact.cached``; for a tuned build also the database).
@@ -62,21 +64,24 @@ def load(spec: dict) -> Callable[[np.ndarray], np.ndarray]:
     verify(out)
     with quiet_tvm():
         lib = tvm.runtime.load_module(str(out / LIBRARY))
-    return _Runner(lib, tvm.cpu(0))
+    runner = _Runner(lib, tvm.cpu(0), "main" if spec.get("output", "labels") == "labels" else "logits")
+    runner.settings = {"precision": "fp32", "threads": int(spec["threads"]), "fast path": "every kernel (compiled)"}
+    return runner
 
 
 class _Runner:
-    """``main`` of a loaded library; ``profile`` times every call the VM makes."""
+    """``function`` (``main`` or ``logits``) of a loaded library; ``profile`` times every call
+    the VM makes."""
 
-    def __init__(self, lib, dev) -> None:  # noqa: ANN001 - tvm Module, Device
+    def __init__(self, lib, dev, function: str) -> None:  # noqa: ANN001 - tvm Module, Device
         import tvm
         from tvm import relax
 
-        self._tvm, self._relax, self._lib, self._dev = tvm, relax, lib, dev
-        self._main = relax.VirtualMachine(lib, dev)["main"]
+        self._tvm, self._relax, self._lib, self._dev, self._function = tvm, relax, lib, dev, function
+        self._call = relax.VirtualMachine(lib, dev)[function]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self._main(self._tvm.runtime.tensor(x, self._dev)).numpy()
+        return self._call(self._tvm.runtime.tensor(x, self._dev)).numpy()
 
     def profile(self, x: np.ndarray, runs: int) -> list[dict]:
         """Per kernel (and VM builtin): calls and ms per inference, over ``runs`` runs, on a
@@ -102,6 +107,6 @@ class _Runner:
         vm.set_instrument(instrument)
         arg = self._tvm.runtime.tensor(x, self._dev)
         for _ in range(runs):
-            vm["main"](arg)
+            vm[self._function](arg)
         return sorted(({"kernel": k, "calls": c / runs, "ms": t * 1e3 / runs} for k, (c, t) in totals.items()),
                       key=lambda e: -e["ms"])
