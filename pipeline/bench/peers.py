@@ -231,7 +231,7 @@ def run_bench(s: Settings, log: Callable[[str], None] = print) -> dict:
         times = run.time_rounds(jobs, per_round, rounds)
         run.memory(jobs, times)
         results["profiles"] = run.profiles(jobs, "labels")
-        results["logits_profiles"] = run.profiles(jobs, "logits", also=fastest_of(run.rows, jobs, "labels"))
+        results["logits_profiles"] = run.profiles(jobs, "logits", also=by_speed(run.rows, jobs, "labels")[:1])
         finished = True
     finally:  # on an error or Ctrl-C, kill at once; else let the workers quit
         for w in run.started:
@@ -389,30 +389,39 @@ class _Run:
 
     def profiles(self, jobs: list[Job], output: str, also: list[str] = ()) -> dict[str, list[dict]]:
         """(5) Per-kernel profiles of ``output``'s column (after the memory readings: profiling
-        builds a second session): tuned TVM, ONNX Runtime and the fastest other engine (the
-        label-map column also asks for that engine's logits profile, where its label-map runner
-        has none: ``pipeline.bench.report._profile``)."""
-        out = {}
-        for engine in dict.fromkeys([*PROFILED, *fastest_of(self.rows, jobs, output), *also]):
-            job = (engine, output)
-            if job not in jobs:
-                continue
-            try:
-                reply = self.workers[job].request({"cmd": "profile", "n": PROFILE_RUNS},
-                                                  60 + 40 * PROFILE_RUNS * self.warm_ms[job] / 1e3)
-            except EngineError as e:  # the timings stand; only the breakdown is missing
-                self.log(f"warning: {engine} ({output}): no profile: {e}")
-                continue
-            if reply["profile"]:
-                out[engine] = reply["profile"]
+        builds a second session): tuned TVM, ONNX Runtime and the fastest other engine that has
+        a profiler (LiteRT's wheel has none: then the next fastest), and ``also`` (the label-map
+        column asks for that engine's logits profile, where its label-map runner has none:
+        ``pipeline.bench.report._profile``)."""
+        out: dict[str, list[dict]] = {}
+        for engine in dict.fromkeys([*PROFILED, *also]):
+            self._profile(jobs, engine, output, out)
+        for engine in by_speed(self.rows, jobs, output):
+            if engine in out or self._profile(jobs, engine, output, out):
+                break
         return out
 
+    def _profile(self, jobs: list[Job], engine: str, output: str, out: dict[str, list[dict]]) -> bool:
+        """``engine``'s profile of ``output`` into ``out``; False when it has none."""
+        job = (engine, output)
+        if job not in jobs:
+            return False
+        try:
+            reply = self.workers[job].request({"cmd": "profile", "n": PROFILE_RUNS},
+                                              60 + 40 * PROFILE_RUNS * self.warm_ms[job] / 1e3)
+        except EngineError as e:  # the timings stand; only the breakdown is missing
+            self.log(f"warning: {engine} ({output}): no profile: {e}")
+            return False
+        if reply["profile"]:
+            out[engine] = reply["profile"]
+        return bool(reply["profile"])
 
-def fastest_of(rows: dict[str, dict], jobs: list[Job], output: str) -> list[str]:
-    """The fastest engine of ``output``'s column other than TVM's builds (none or one)."""
+
+def by_speed(rows: dict[str, dict], jobs: list[Job], output: str) -> list[str]:
+    """The engines of ``output``'s column other than TVM's builds, fastest first."""
     key = column(output, "median_ms")
-    peers = [e for e, o in jobs if o == output and not e.startswith("tvm") and rows[e][key]]
-    return [min(peers, key=lambda e: rows[e][key])] if peers else []
+    return sorted((e for e, o in jobs if o == output and not e.startswith("tvm") and rows[e][key]),
+                  key=lambda e: rows[e][key])
 
 
 def _compare(rows: dict[str, dict], work: Path, jobs: list[Job]) -> None:

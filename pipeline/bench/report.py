@@ -57,13 +57,25 @@ def _fastest_target(results: dict, output: str, missing: Callable[..., str]) -> 
             "ratio": ratio}
 
 
+def profiled_peer(results: dict, output: str) -> str | None:
+    """The fastest engine of ``output``'s column, other than TVM's builds, that has a profile."""
+    timed = sorted((r for r in results["rows"] if not r["engine"].startswith("tvm") and _ms(r, output)),
+                   key=lambda r: _ms(r, output))
+    return next((r["engine"] for r in timed if _profile(results, output, r["engine"])[0]), None)
+
+
 def _where(results: dict, output: str, peer: str) -> str:
-    """Which kinds of kernel hold TVM tuned's excess over ``peer``, from the two profiles."""
-    gaps = _family_gaps(results, output, peer)
+    """Which kinds of kernel hold TVM tuned's excess over ``peer``, from the two profiles; when
+    ``peer`` has no profiler, over the fastest engine that has one."""
+    against = peer if _profile(results, output, peer)[0] else profiled_peer(results, output)
+    gaps = _family_gaps(results, output, against) if against else []
     if not gaps:
         return "no profiles of both to say where"
+    note = "" if against == peer else (f"{NAMES.get(peer, peer)} has no profiler; against the fastest engine that has "
+                                        f"one, {NAMES.get(against, against)}, ")
     behind = [f"{f} {d:+.2f} ms" for f, d in gaps[:3] if d > 0]
-    return ("the difference is in " + ", ".join(behind)) if behind else "no kind of kernel is slower in the profiles"
+    return note + (("the difference is in " + ", ".join(behind)) if behind
+                   else "no kind of kernel is slower in the profiles")
 
 
 def _profile(results: dict, output: str, engine: str) -> tuple[list[dict] | None, str]:
@@ -280,10 +292,11 @@ def _comparison(results: dict, output: str, peer: str) -> list[str]:
 def _where_the_time_goes(results: dict) -> list[str]:
     lines = ["### Where the time goes (measured in this run)", "",
              "Per-kernel profiles, mean of 5 instrumented runs after the timed ones, by kind of kernel: TVM tuned "
-             "against ONNX Runtime and against the fastest other engine of each column.", ""]
+             "against ONNX Runtime and against the fastest other engine of each column that has a profiler.", ""]
     pairs = [("labels", "onnxruntime")]
     for output in ("logits", "labels"):
-        peer = fastest_peer(results, output)
+        # The fastest engine, or the fastest one with a profiler when it has none (LiteRT).
+        peer = profiled_peer(results, output) or fastest_peer(results, output)
         if peer and (output, peer) not in pairs:
             pairs.append((output, peer))
     for output, peer in pairs:
