@@ -162,8 +162,10 @@ class RemoteSession:
         def _set() -> int:
             configure = self.remote.get_function("runtime.config_threadpool")
             if cpus and len(cpus) >= threads:
-                # The core list is built on the server: an Array does not cross RPC as an argument.
-                cores = self.remote.get_function("ffi.Array")(*(str(c) for c in cpus[:threads]))
+                # All the server's cores, whatever the count: TVM's pool cannot grow again after a
+                # configuration that named fewer cores than a later one asks threads for. The list
+                # is built on the server: an Array does not cross RPC as an argument.
+                cores = self.remote.get_function("ffi.Array")(*(str(c) for c in cpus))
                 configure(AFFINITY_ONE_CORE_PER_THREAD, int(threads), cores)
             else:
                 configure(AFFINITY_BIG, int(threads))
