@@ -30,9 +30,10 @@ DEFAULT_TRIALS = {"tiny": 1600, "base": 2000}
 # ablation (docs/benchmarks.md).
 SEARCHES = ("plain", "focused")
 DEFAULT_SEARCH = "plain"  # the other searches tune in work directories of their own
-# The libraries a report compares are timed in this many rounds, each in turn (12 is the
-# fewest for which two order statistics bound the median at 99%: pipeline.common.noise).
-MEASURE_ROUNDS = 12
+# The libraries a report compares are timed in this many rounds, each in turn, one run each;
+# with 36 rounds the 99% interval of pipeline.common.noise lies between the 10th and the 27th
+# round's ratio, so bursts of other work in a quarter of the rounds do not widen it.
+MEASURE_ROUNDS = 36
 # How long tuning waits for a server with the device's key to come back before it stops.
 DEVICE_WAIT = float(os.environ.get("PPMSEG_DEVICE_WAIT", 300))
 
