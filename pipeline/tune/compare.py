@@ -18,8 +18,8 @@ def unmeasurable(reports: list[dict], tracker: str | None) -> str | None:
             return f"the reports differ in {key}"
     if reports[0].get("device") != "host" and not reports[0].get("emulated") and not tracker:
         return f"the libraries are for a phone ({reports[0].get('device')}): give --tracker to time them on it"
-    missing = [r.get("artifact") or "?" for r in reports if not (Path(r.get("artifact") or "/nonexistent") /
-                                                                 "model.so").is_file()]
+    missing = [r.get("artifact") or "?" for r in reports
+               if not r.get("artifact") or not (Path(r["artifact"]) / "model.so").is_file()]
     if missing:
         return f"no tuned library at {', '.join(missing)}"
     return None
