@@ -14,6 +14,7 @@ UPSAMPLE ?= vim
 LAYOUT ?= blocked
 FUSE ?=
 SEARCH ?=
+FROM_SCRATCH ?=
 FRONTEND ?= torch
 INPUT ?= 512x512
 THREADS ?= 1
@@ -95,10 +96,10 @@ bench: setup $(VENV)/.installed-bench reference  ## TVM against PyTorch, ONNX Ru
 		$(PPMSEG) bench-peers --model $$m --threads $(THREADS) --device $(DEVICE) \
 			--command "make bench MODEL=$$m THREADS=$(THREADS) DEVICE=$(DEVICE)"; done
 
-tune: setup  ## Tune for DEVICE=host|sd855 [MODEL=] [THREADS=1|N|all] [TRIALS=] [TRACKER=host:port] [INPUT=HxW] [LAYOUT=blocked|nchw] [FUSE=on|off] [SEARCH=plain|focused]; prints the artifact dir last
+tune: setup  ## Tune for DEVICE=host|sd855 [MODEL=] [THREADS=1|N|all] [TRIALS=] [TRACKER=host:port] [INPUT=HxW] [LAYOUT=blocked|nchw] [FUSE=on|off] [SEARCH=plain|focused] [FROM_SCRATCH=1]; prints the artifact dir last
 	$(PPMSEG) tune --model $(MODEL) --device $(DEVICE) --input-size $(INPUT) --threads $(THREADS) --layout $(LAYOUT) \
 		$(FUSE_ARG) $(if $(SEARCH),--search $(SEARCH)) $(if $(TRIALS),--trials $(TRIALS)) \
-		$(if $(TRACKER),--tracker $(TRACKER))
+		$(if $(TRACKER),--tracker $(TRACKER)) $(if $(FROM_SCRATCH),--from-scratch)
 
 tracker: setup  ## Start the local RPC tracker on 127.0.0.1 (reused if running)
 	$(PPMSEG) tracker start

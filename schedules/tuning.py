@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 import tvm
@@ -34,6 +35,9 @@ from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
 
 from schedules.ledger import TimedCostModel, TimedFuture, TimeLedger
 from schedules.vim import HAND_SCHEDULED
+
+if TYPE_CHECKING:
+    from schedules.warm import Prior
 
 WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
@@ -137,6 +141,16 @@ def record_targets(work_dir: str | Path) -> set[str]:
     (``llvm -mtriple=... -mcpu=... -num-cores=N``); a half-written last line is skipped."""
     lines = _lines(Path(work_dir) / RECORDS)
     return {_target_line(json.loads(line)[1][2]) for line in lines if _parses(line)}
+
+
+def record_target(work_dir: str | Path) -> dict:
+    """The one target a work directory's records were measured for, as TVM's JSON dict
+    (ValueError without records, or with records of several targets)."""
+    lines = [json.loads(line) for line in _lines(Path(work_dir) / RECORDS) if _parses(line)]
+    targets = {_target_line(line[1][2]): line[1][2] for line in lines}
+    if len(targets) != 1:
+        raise ValueError(f"{work_dir} holds records of {len(targets)} targets, not one")
+    return next(iter(targets.values()))
 
 
 def check_target(work_dir: str | Path, target: tvm.target.Target) -> None:
@@ -418,10 +432,12 @@ def tune(
     on_update: Callable[[TuneProgress], None] = lambda _p: None,
     seed: int = 0,
     ledger: TimeLedger | None = None,
+    prior: Prior | None = None,
 ) -> TuneProgress:
     """Tune ``tasks`` for at most ``max_trials`` new measurements, appending to the JSON
     database in ``work_dir`` (MetaSchedule's own format and logs); the call's wall time and
-    its cost model's go into ``ledger`` (the builder's and the runner's keep their own)."""
+    its cost model's go into ``ledger`` (the builder's and the runner's keep their own).
+    With ``prior`` (stored records of the tasks), the cost model is trained on them first."""
     work_dir = str(work_dir)
     _drop_unnamed_log_handlers()
     # MetaSchedule's logs go to work_dir/logs. Its console handler takes the level its logger
@@ -435,12 +451,18 @@ def tune(
         return progress
     callbacks = [*ms.measure_callback.MeasureCallback.create("default"), ProgressCallback(progress, on_update)]
     ledger = ledger or TimeLedger()
+    cost_model = TimedCostModel(ms.cost_model.XGBModel(), ledger)
+    if prior is not None:
+        from schedules.warm import train  # warm builds on this module
+
+        with ledger.timing("wall"):
+            train(cost_model, contexts, tasks, prior)
     with ledger.timing("wall"):
         ms.tune_tasks(
             tasks=contexts, task_weights=weights, work_dir=work_dir, max_trials_global=max_trials,
             num_trials_per_iter=trials_per_round(max_trials, len(contexts)), builder=builder, runner=runner,
             database=ms.database.JSONDatabase(work_dir=work_dir),
-            cost_model=TimedCostModel(ms.cost_model.XGBModel(), ledger), measure_callbacks=callbacks,
+            cost_model=cost_model, measure_callbacks=callbacks,
         )
     return progress
 

@@ -19,7 +19,7 @@ from tvm import relax
 
 from pipeline.deploy.runtime import load
 from pipeline.tune.job import TuneRequest, run_tune
-from schedules.tuning import RECORDS, build
+from schedules.tuning import RECORDS, WORKLOADS, build, record_target
 from tests.conftest import private_rpc_state, run_cli
 
 SIZE = (64, 96)
@@ -28,9 +28,11 @@ REPORT_KEYS = ("model", "device", "emulated", "threads", "trials")
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
-    """Private tracker state and work/output roots; local mode (no user tracker)."""
+    """Private tracker state, records store (empty: runs begin from scratch unless a test
+    fills it) and work/output roots; local mode (no user tracker)."""
     root = tmp_path_factory.mktemp("tune")
-    with private_rpc_state(root / "rpc"):
+    with private_rpc_state(root / "rpc"), pytest.MonkeyPatch.context() as env:
+        env.setenv("PPMSEG_RECORDS", str(root / "store"))
         yield root / "work", root / "build"
 
 
@@ -98,7 +100,8 @@ def test_host_tune_produces_agreeing_libraries_and_report(host_run):
     assert min(s["build_s"], s["measure_wait_s"], s["cost_model_s"]) > 0
     assert s["build_s"] + s["measure_wait_s"] + s["cost_model_s"] + s["search_s"] == pytest.approx(s["wall_s"], abs=0.5)
     assert s["wall_s"] <= spent["phases_s"]["search"] + 0.1 <= report["elapsed_s"]
-    assert set(spent["phases_s"]) == {"import", "untuned_tasks", "search", "builds", "measure", "profile"}
+    assert set(spent["phases_s"]) == {"import", "untuned_tasks", "warm_start", "search", "builds", "measure", "profile"}
+    assert report["warm_start"] is None and "Begun from scratch" in md
     assert "Where this run's" in md and "waiting for the device's measurements" in md
     # The tuning curve: the best-kernels sum never rises with trials; end to end untuned at 0, tuned now.
     best = report["curve"]["best_kernels_ms"]
@@ -190,6 +193,63 @@ def test_a_database_tuned_for_another_target_is_refused(host_run, tmp_path):
         bb.emit_func_output(bb.emit(relax.op.add(x, x)))
     with pytest.raises(ValueError, match="another-cpu"):
         build(bb.get(), tvm.target.Target(host_run[0].report["target"]), copy)
+
+
+def test_a_run_begins_from_exported_records_remeasured_on_the_device(dirs, host_run, tmp_path):
+    """Export a finished run's records, import them into the (test's) store, and tune again in
+    a fresh work directory: the stored schedules are re-measured on the device first, every
+    one of them with this device's times, and the report says where they came from."""
+    from schedules import store, tuning
+
+    first = host_run[0].report
+    shared = tmp_path / "team.json.gz"
+    assert run_cli("records", "export", first["work_dir"], "-o", str(shared)).stdout.strip() == str(shared)
+    assert shared.stat().st_size < 200_000
+    imported = Path(run_cli("records", "import", str(shared)).stdout.strip())
+    assert imported.parent == Path(os.environ["PPMSEG_RECORDS"]) and imported.name.startswith("host-")
+    listed = run_cli("records", "list").stdout
+    assert imported.name in listed and "usable" in listed and "not usable" not in listed
+    stored = store.load(imported).records
+    assert stored.keys() == store.best_records(first["work_dir"]).keys()
+
+    work, out = dirs
+    result, logs = _tune((work / "warm", out / "warm"), device="host", trials=12, profile=False)
+    warm = result.report["warm_start"]
+    assert any("warm start: re-measuring" in line for line in logs)
+    assert warm["files"] == [imported.name.removesuffix(".json.gz")]
+    assert warm["tasks"] == len(stored) and 0 < warm["remeasured"] <= 2 * len(stored)
+    assert warm["committed"] == {warm["files"][0]: warm["remeasured"]}
+    # The re-measured records come first in the new database, measured for this target.
+    new = _records(Path(result.report["work_dir"]))
+    assert result.report["trials"] == len(new) >= warm["remeasured"]
+    assert tuning.record_targets(result.report["work_dir"]) == tuning.record_targets(first["work_dir"])
+    workloads = [json.loads(line)[0] for line in (Path(result.report["work_dir"]) / WORKLOADS).read_text().splitlines()]
+    assert {workloads[json.loads(r)[0]] for r in new[: warm["remeasured"]]} <= stored.keys()
+    assert "Begun from the records store" in (result.artifact / "report.md").read_text()
+    assert result.report["checks"]["tuned_vs_untuned"]["differ_outside_ties"] == 0
+
+
+def test_records_of_an_emulator_or_another_cpu_are_never_used(host_run, tmp_path):
+    from schedules import store
+
+    first = host_run[0].report
+    work = tmp_path / "emulated"
+    shutil.copytree(first["work_dir"], work)
+    (work / "report.json").write_text(json.dumps({**first, "emulated": True}))
+    out = run_cli("records", "export", str(work), "-o", str(tmp_path / "x.json.gz"), check=False)
+    assert out.returncode == 1 and "measured under qemu" in out.stderr and not (tmp_path / "x.json.gz").exists()
+    # A file from a CPU with an instruction this one lacks is listed as unusable, and not used.
+    target = tvm.target.Target(record_target(first["work_dir"]))
+    f = store.load(Path(run_cli("records", "export", first["work_dir"], "-o", str(tmp_path / "y.json.gz"))
+                        .stdout.strip()))
+    wanted, have = dict(target.export()), set(store.features(target))
+    assert f.usable_for(wanted, have) is None
+    assert "lacks" in store.RecordFile(**{**f.__dict__, "features": f.features | {"sve2"}}).usable_for(wanted, have)
+    assert "TVM" in store.RecordFile(**{**f.__dict__, "tvm": "0.1"}).usable_for(wanted, have)
+    bad = tmp_path / "bad.json.gz"
+    bad.write_bytes(b"not gzip")
+    out = run_cli("records", "import", str(bad), check=False)
+    assert out.returncode == 1 and "is not a records file" in out.stderr
 
 
 def test_emulated_sd855_tune_is_correct(dirs):

@@ -51,9 +51,9 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 def _register() -> None:
     """Each module of this package holds one group of commands (``COMMANDS``)."""
-    from pipeline.cli import bench, build, devices, evaluate, model, run, tune
+    from pipeline.cli import bench, build, devices, evaluate, model, records, run, tune
 
-    for module in (model, build, run, tune, devices, bench, evaluate):
+    for module in (model, build, run, tune, records, devices, bench, evaluate):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -40,12 +40,14 @@ from pipeline.tune.job import DEFAULT_SEARCH, DEFAULT_TRIALS, MEASURE_ROUNDS, SE
               help="plain: one MetaSchedule call over every kernel, heaviest first; focused: one round for "
               "every kernel, then the rest of the trials for the kernels holding 80% of the time (a work "
               "directory of its own).")
+@click.option("--from-scratch", is_flag=True, help="Ignore the records store (schedules/records): search from "
+              "nothing, as before the store, in a work directory of its own.")
 @click.option("--profile/--no-profile", default=True, show_default=True, help="Time every part of the network "
               "untuned and tuned for the report (two more builds).")
 @click.option("--list", "list_only", is_flag=True, help="List the tuning work directories and stop.")
 def tune(model_name: str, device: str, tracker: str | None, trials: int | None, input_size: str | None,
          threads: int | None, weights: Path | None, device_wait: float | None, work_root: Path | None,
-         out_root: Path | None, graph, search: str, profile: bool, list_only: bool) -> None:  # noqa: ANN001
+         out_root: Path | None, graph, search: str, from_scratch: bool, profile: bool, list_only: bool) -> None:  # noqa: ANN001
     """Tune the model's kernels with MetaSchedule on a device, build untuned and tuned
     libraries, check they agree, measure both and write the report.
 
@@ -64,7 +66,7 @@ def tune(model_name: str, device: str, tracker: str | None, trials: int | None, 
         return
     given = {"trials": trials, "device_wait": device_wait}
     req = TuneRequest(model=model_name, device=device, tracker=tracker, threads=threads, weights=weights,
-                      graph=graph, search=search, profile=profile,
+                      graph=graph, search=search, profile=profile, from_scratch=from_scratch,
                       input_size=parse_size(input_size) if input_size else (512, 512),
                       **{k: v for k, v in given.items() if v is not None})
     # The weights note comes once the run holds its work directory (a refused run prints one line).

@@ -24,6 +24,9 @@ from pipeline.tune.workdir import WorkDir
 # 0.8x ONNX Runtime on one thread (docs/benchmarks.md#against-onnx-runtime); both take about
 # an hour on a 2-core machine.
 DEFAULT_TRIALS = {"tiny": 1600, "base": 2000}
+# Started from the records store (steps.warm_start), the search adds this many trials to
+# the re-measured records: the heaviest kernels get a round or two more.
+WARM_TRIALS = {"tiny": 160, "base": 200}
 # ``--search`` (steps.plan): "plain" gives the whole budget to one MetaSchedule call over every
 # kernel (its own task scheduler); "focused" gives every kernel a first round, then the rest of
 # the budget to the heaviest. Plain is the default: it tuned both models faster in the
@@ -52,16 +55,22 @@ class TuneRequest:
     graph: GraphOptions = SHIPPED  # the graph passes (a work directory of their own unless default)
     profile: bool = True  # the latency profile by part of the network (two more builds)
     search: str = DEFAULT_SEARCH  # how the trials are spread over the kernels (SEARCHES)
+    from_scratch: bool = False  # ignore the records store (a work directory of its own)
 
     @property
     def budget(self) -> int:
-        """The trial budget: ``trials``, or the model's default."""
+        """The trial budget from scratch: ``trials``, or the model's default."""
         return self.trials if self.trials is not None else DEFAULT_TRIALS[self.model]
+
+    def warm_budget(self, remeasured: int) -> int:
+        """The trial budget of a run begun from the store with ``remeasured`` records."""
+        return self.trials if self.trials is not None else remeasured + WARM_TRIALS[self.model]
 
     @property
     def variant(self) -> str:
         """What the work directory's name adds: options other than the defaults get their own."""
-        return self.graph.suffix + ("" if self.search == DEFAULT_SEARCH else f"-{self.search}")
+        return (self.graph.suffix + ("" if self.search == DEFAULT_SEARCH else f"-{self.search}")
+                + ("-scratch" if self.from_scratch else ""))
 
     def work_dir(self, threads: int, root: Path | None = None) -> WorkDir:
         """This run's work directory (its database) under ``root`` (default ./tuning)."""
@@ -72,7 +81,8 @@ class TuneRequest:
         return (f"make tune DEVICE={self.device} MODEL={self.model} TRIALS={self.budget} "
                 f"INPUT={self.input_size[0]}x{self.input_size[1]} THREADS={threads}"
                 + self.graph.make_args()
-                + ("" if self.search == DEFAULT_SEARCH else f" SEARCH={self.search}"))
+                + ("" if self.search == DEFAULT_SEARCH else f" SEARCH={self.search}")
+                + (" FROM_SCRATCH=1" if self.from_scratch else ""))
 
 
 @dataclass
@@ -131,8 +141,11 @@ def _tune_and_report(req: TuneRequest, device, work: WorkDir, out_dir: Path,  # 
     before = work.measured_trials()
     if before:
         log(f"resuming {work.path}: {before} trials already measured")
+    with run.phase("warm_start"):
+        prior = None if req.from_scratch else steps.warm_start(run, tasks)
+    budget = req.budget if run.warm is None else req.warm_budget(run.warm["remeasured"])
     with run.phase("search"):
-        steps.search(run, tasks, untuned, req.budget, req.search)
+        steps.search(run, tasks, untuned, budget, req.search, prior)
     log(f"{work.measured_trials()} trials in the database ({work.measured_trials() - before} new)")
     return _measure_and_report(run, req, modules, tasks, untuned, before, rounds)
 

@@ -42,6 +42,7 @@ def tuning_report(run, req, tasks, timings: dict, conditions: dict, checks: dict
         "untuned": timings["untuned"], "tuned": timings["tuned"], "speedup": untuned_ms / tuned_ms,
         "measurement": conditions, "comparisons": comparisons(timings),
         "tuning_time": {"phases_s": dict(run.phases_s), "search": run.ledger.as_dict()},
+        "warm_start": run.warm,
         "checks": checks,
         "tasks": [{"task": t.task_name, "calls": int(t.weight), "flops": float(_flops(t)),
                    "untuned_ms": untuned[t.task_name], "tuned_ms": tuned_tasks[t.task_name],
@@ -108,6 +109,7 @@ def markdown(report: dict) -> str:
         lines += [f"Network: {g['network_gflop']:.2f} GFLOP (convolutions and matmuls); tuned "
                   f"{g['tuned_gflops']:.1f} GFLOP/s, untuned {g['untuned_gflops']:.1f} GFLOP/s{peak}.", ""]
     lines += curve_lines(report.get("curve"))
+    lines += warm_lines(report.get("warm_start"))
     lines += time_lines(report)
     if report.get("profile"):
         lines += profile_table(report["profile"], report["untuned"]["median_ms"], report["tuned"]["median_ms"])
@@ -256,8 +258,19 @@ def curve_lines(curve: dict | None) -> list[str]:
             f"{gain:.1%}.", ""]
 
 
+def warm_lines(warm: dict | None) -> list[str]:
+    """Where a run begun from the records store took its records from."""
+    if not warm:
+        return ["Begun from scratch (no records from the store).", ""]
+    per_file = ", ".join(f"{n} from `{f}`" for f, n in sorted(warm.get("committed", {}).items()))
+    return [f"Begun from the records store: {warm.get('remeasured', 0)} stored schedules of {warm.get('tasks', 0)} "
+            f"kernels re-measured on this device in {warm.get('seconds', 0):.0f} s ({per_file or 'none measured'}); "
+            "the search's cost model was trained on the stored records first.", ""]
+
+
 # What the report calls the steps of a run (``Run.phases_s``).
 PHASES = {"import": "import and task extraction", "untuned_tasks": "timing the kernels untuned",
+          "warm_start": "re-measuring the records store's schedules",
           "builds": "building the libraries", "measure": "checking and measuring them",
           "profile": "the profile by part"}
 

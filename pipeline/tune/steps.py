@@ -55,6 +55,7 @@ class Run:
     t_start: float = field(default_factory=time.perf_counter)
     ledger: TimeLedger = field(default_factory=TimeLedger)  # where the search's time goes
     phases_s: dict[str, float] = field(default_factory=dict)  # wall time of each step, by name
+    warm: dict | None = None  # the warm start's record (WorkDir.warm_start), None from scratch
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -100,7 +101,7 @@ def untuned_timings(run: Run, tasks: list) -> dict[str, float]:
     return untuned
 
 
-def _runner(run: Run, stop: threading.Event, progress: ProgressPrinter):  # noqa: ANN202 - DeviceWatchRunner
+def _runner(run: Run, stop: threading.Event, on_batch: Callable[[int], None], ledger: TimeLedger):  # noqa: ANN202
     from tvm.s_tir import meta_schedule as ms
 
     from schedules import tuning
@@ -113,7 +114,7 @@ def _runner(run: Run, stop: threading.Event, progress: ProgressPrinter):  # noqa
         max_workers=device.servers,
     )
     return tuning.DeviceWatchRunner(rpc_runner, device.available, run.device_wait, on_wait=run.log,
-                                    stopping=stop.is_set, on_batch=progress.on_batch, ledger=run.ledger)
+                                    stopping=stop.is_set, on_batch=on_batch, ledger=ledger)
 
 
 def _builder_export(linker: str, mod) -> str:  # noqa: ANN001
@@ -195,15 +196,16 @@ def plan(how: str, tasks: list, trials: int, done: dict[str, int], untuned: dict
             Phase("heaviest kernels", rest, lambda: heaviest(tasks, per_call_ms()))]
 
 
-def search(run: Run, tasks: list, untuned: dict[str, float], trials: int, how: str) -> None:
-    """MetaSchedule, phase by phase as ``plan`` says. Signals stop the search between batches;
+def search(run: Run, tasks: list, untuned: dict[str, float], trials: int, how: str, prior: object = None) -> None:
+    """MetaSchedule, phase by phase as ``plan`` says, its cost model first trained on
+    ``prior`` (``schedules.warm.Prior``) if given. Signals stop the search between batches;
     a device that does not come back stops it with DeviceLost."""
     from schedules import tuning
 
     builder = tuning.PooledBuilder(functools.partial(_builder_export, run.device.config.linker), ledger=run.ledger)
     stop = threading.Event()
     progress = ProgressPrinter(run.log, run.t_start)
-    runner = _runner(run, stop, progress)
+    runner = _runner(run, stop, progress.on_batch, run.ledger)
 
     def per_call_ms() -> dict[str, float]:
         """Each task's best measured latency so far; its untuned one until it has a record."""
@@ -217,7 +219,7 @@ def search(run: Run, tasks: list, untuned: dict[str, float], trials: int, how: s
                     run.log(f"tuning the {len(group)} {phase.kernels}: {phase.budget} trials")
                     progress.start(phase.budget)
                     tuning.tune(group, run.work.path, phase.budget, builder=builder, runner=runner,
-                                on_update=progress.on_update, ledger=run.ledger)
+                                on_update=progress.on_update, ledger=run.ledger, prior=prior)
     except BaseException as e:
         runner.abort()
         if stop.is_set():
@@ -229,6 +231,52 @@ def search(run: Run, tasks: list, untuned: dict[str, float], trials: int, how: s
             f"{run.device_wait:.0f} s; {run.work.path} keeps its {run.work.measured_trials()} records; "
             "run the same command again to resume") from None
     builder.close()
+
+
+def warm_start(run: Run, tasks: list) -> object | None:
+    """Begin from the records store (``schedules.store``): each task's closest stored
+    schedules re-measured on the device into the work directory's database, which file they
+    came from kept in ``warm_start.json`` (``Run.warm``). Returns the stored records for the
+    search's cost model (``schedules.warm.Prior``); None when the store has none for these
+    tasks on this target, or the work directory began from scratch."""
+    from schedules import store, warm
+
+    marker = run.work.warm_start()
+    if marker is None and run.work.measured_trials():
+        return None  # begun from scratch: resumed as such
+    target = run.device.tvm_target()
+    files = store.usable(target, run.spec.model)
+    files = [f for f in files if marker is None or f.name in marker["files"]]
+    prior = warm.Prior.gather(files, tasks)
+    if not prior.records:
+        return None
+    if marker is None or "remeasured" not in marker:
+        names = sorted(set(prior.origin.values()))
+        run.work.save_warm_start({"files": names})
+        run.log(f"warm start: re-measuring the stored schedules of {len(prior.records)} of {len(tasks)} kernels "
+                f"({', '.join(names)})")
+        t0 = time.perf_counter()
+        committed = _remeasure(run, tasks, prior, target)
+        marker = {"files": names, "tasks": len(prior.records), "remeasured": run.work.measured_trials(),
+                  "committed": dict(committed), "seconds": round(time.perf_counter() - t0, 1)}
+        run.work.save_warm_start(marker)
+    run.warm = marker
+    return prior
+
+
+def _remeasure(run: Run, tasks: list, prior: object, target: object) -> dict[str, int]:
+    from schedules import tuning, warm
+
+    builder = tuning.PooledBuilder(functools.partial(_builder_export, run.device.config.linker))
+    runner = _runner(run, threading.Event(), lambda _n: None, TimeLedger())
+    try:
+        with quiet_tvm():
+            return warm.remeasure(tasks, prior, run.work.path, target, builder, runner)
+    except BaseException:
+        runner.abort()  # a queued measurement would otherwise outlive the run
+        raise
+    finally:
+        builder.close()
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 It holds MetaSchedule's JSON database (format owned by ``schedules.tuning``), the untuned
 per-task timings (a cache: recomputed when the task set changes), the last run's
-``report.json``, the ONNX export and the libraries built for timing, and ``tune.lock``.
+``report.json``, ``warm_start.json`` when the run started from the records store (which
+files, how many records were re-measured), the ONNX export and the libraries built for
+timing, and ``tune.lock``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pipeline.common.paths import TUNING
 LOCK_FILE = "tune.lock"
 UNTUNED_TASKS = "untuned_tasks.json"
 REPORT = "report.json"
+WARM_START = "warm_start.json"
 
 
 def tuning_tag(model: str, device: str, input_size: tuple[int, int], threads: int, variant: str = "") -> str:
@@ -83,6 +86,13 @@ class WorkDir:
 
     def save_untuned_tasks(self, times: dict[str, float]) -> None:
         write_json(self.path / UNTUNED_TASKS, times)
+
+    def warm_start(self) -> dict | None:
+        """The warm start this directory began with (None: it began from scratch)."""
+        return read_json(self.path / WARM_START, None)
+
+    def save_warm_start(self, warm: dict) -> None:
+        write_json(self.path / WARM_START, warm)
 
     def report(self) -> dict:
         return read_json(self.path / REPORT, {})

@@ -1,0 +1,99 @@
+"""A tuning run started from the records store (``schedules.store``): the stored schedules
+of each task are re-measured on the device and committed to the run's database (a record is
+a candidate until this device has timed it), and the search's cost model is trained on the
+stored records before the first round, so that round is not a random sample."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tvm
+from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.meta_schedule.utils import remove_build_dir
+from tvm.s_tir.schedule import Trace
+
+from schedules.store import RecordFile
+from schedules.tuning import trials_per_task, workload_key
+
+REMEASURE = 2  # stored candidates re-measured per task: the closest file's fastest
+
+
+@dataclass
+class Prior:
+    """The stored records of a run's tasks, each workload's from the closest file that has it."""
+
+    records: dict[str, list[tuple[object, float]]] = field(default_factory=dict)  # key -> [(trace, ms)]
+    origin: dict[str, str] = field(default_factory=dict)  # key -> the file's name
+
+    @classmethod
+    def gather(cls, files: list[RecordFile], tasks: list[ms.ExtractedTask]) -> Prior:
+        """``files`` closest first."""
+        prior = cls()
+        for task in tasks:
+            key = workload_key(task)
+            for f in files:
+                if key in f.records:
+                    prior.records[key], prior.origin[key] = f.records[key], f.name
+                    break
+        return prior
+
+    def for_task(self, task: ms.ExtractedTask) -> list[tuple[object, float]]:
+        return self.records.get(workload_key(task), [])
+
+
+def candidate(task: ms.ExtractedTask, trace: object) -> ms.MeasureCandidate | None:
+    """The task's kernel with a stored trace replayed on it (None: the trace no longer applies)."""
+    mod = task.dispatched[0]
+    sch = tvm.s_tir.Schedule(mod)
+    try:
+        Trace.apply_json_to_schedule(trace, sch)
+    except Exception:  # noqa: BLE001 - TVM raises its own error types for a trace it cannot replay
+        return None
+    return ms.MeasureCandidate(sch, ms.arg_info.ArgInfo.from_prim_func(mod["main"]))
+
+
+def remeasure(tasks: list[ms.ExtractedTask], prior: Prior, work_dir: str | Path, target: tvm.target.Target,
+              builder: ms.builder.Builder, runner: ms.runner.Runner, per_task: int = REMEASURE) -> Counter:
+    """Build and time, on the device, each task's first ``per_task`` stored candidates, and
+    commit them with this device's times to ``work_dir``'s database. Tasks that already have
+    records there (a resumed run) are left. Returns the records committed per store file."""
+    database = ms.database.JSONDatabase(work_dir=str(work_dir))
+    done = trials_per_task(tasks, work_dir)
+    jobs = []  # (task, candidate)
+    for task in tasks:
+        if not done[task.task_name]:
+            replayed = (candidate(task, trace) for trace, _ms in prior.for_task(task)[:per_task])
+            jobs += [(task, c) for c in replayed if c is not None]
+    built = builder.build([ms.builder.BuilderInput(c.sch.mod, target) for _t, c in jobs])
+    ran = [(job, b) for job, b in zip(jobs, built, strict=True) if b.error_msg is None]
+    futures = runner.run([ms.runner.RunnerInput(b.artifact_path, "cpu", c.args_info) for (_t, c), b in ran])
+    committed = Counter()
+    for ((task, cand), b), future in zip(ran, futures, strict=True):
+        result = future.result()
+        remove_build_dir(b.artifact_path)
+        if result.error_msg is not None or not result.run_secs:
+            continue
+        workload = database.commit_workload(task.dispatched[0])
+        database.commit_tuning_record(ms.database.TuningRecord(cand.sch.trace, workload, result.run_secs, target,
+                                                               cand.args_info))
+        committed[prior.origin[workload_key(task)]] += 1
+    return committed
+
+
+def train(model: ms.cost_model.CostModel, contexts: list[ms.TuneContext], tasks: list[ms.ExtractedTask],
+          prior: Prior) -> int:
+    """Train ``model`` on the stored records of each context's task, as if the search had
+    measured them (the cost model ranks candidates within a task, by time relative to the
+    task's best, so times from another CPU of the family still teach it). Returns the
+    records it saw."""
+    seen = 0
+    for context, task in zip(contexts, tasks, strict=True):
+        pairs = [(candidate(task, trace), ms_) for trace, ms_ in prior.for_task(task)]
+        pairs = [(c, ms_) for c, ms_ in pairs if c is not None]
+        if pairs:
+            results = [ms.runner.RunnerResult([ms_ / 1e3], None) for _c, ms_ in pairs]
+            model.update(context, [c for c, _ms in pairs], results)
+            seen += len(pairs)
+    return seen
