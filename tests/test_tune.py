@@ -109,6 +109,10 @@ def test_host_tune_produces_agreeing_libraries_and_report(host_run):
     assert all(later[1] <= earlier[1] + 1e-9 for earlier, later in zip(best, best[1:], strict=False))
     assert report["curve"]["end_to_end_ms"] == [[0, report["untuned"]["median_ms"]],
                                                 [report["trials"], report["tuned"]["median_ms"]]]
+    # ... and against wall time: when the search's database held how many records.
+    clock = report["curve"]["wall_s"]
+    assert clock[-1][0] == report["trials"] and 0 < clock[0][1] <= clock[-1][1] <= report["elapsed_s"]
+    assert all(a[0] <= b[0] and a[1] <= b[1] for a, b in zip(clock, clock[1:], strict=False))
     assert all(r["untuned_ms"] > 0 and r["tuned_ms"] > 0 for r in report["profile"])
     assert "Latency by part of the network" in (result.artifact / "report.md").read_text()
     g = report["gflops"]

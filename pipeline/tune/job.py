@@ -76,9 +76,10 @@ class TuneRequest:
         """This run's work directory (its database) under ``root`` (default ./tuning)."""
         return WorkDir.of(self.model, self.device, self.input_size, threads, root, self.variant)
 
-    def command(self, threads: int) -> str:
-        """The make command that repeats this run."""
-        return (f"make tune DEVICE={self.device} MODEL={self.model} TRIALS={self.budget} "
+    def command(self, threads: int, budget: int | None = None) -> str:
+        """The make command that repeats this run (whose trial budget was ``budget``, default
+        the from-scratch one)."""
+        return (f"make tune DEVICE={self.device} MODEL={self.model} TRIALS={budget or self.budget} "
                 f"INPUT={self.input_size[0]}x{self.input_size[1]} THREADS={threads}"
                 + self.graph.make_args()
                 + ("" if self.search == DEFAULT_SEARCH else f" SEARCH={self.search}")
@@ -143,9 +144,9 @@ def _tune_and_report(req: TuneRequest, device, work: WorkDir, out_dir: Path,  # 
         log(f"resuming {work.path}: {before} trials already measured")
     with run.phase("warm_start"):
         prior = None if req.from_scratch else steps.warm_start(run, tasks)
-    budget = req.budget if run.warm is None else req.warm_budget(run.warm["remeasured"])
+    run.budget = req.budget if run.warm is None else req.warm_budget(run.warm["remeasured"])
     with run.phase("search"):
-        steps.search(run, tasks, untuned, budget, req.search, prior)
+        steps.search(run, tasks, untuned, run.budget, req.search, prior)
     log(f"{work.measured_trials()} trials in the database ({work.measured_trials() - before} new)")
     return _measure_and_report(run, req, modules, tasks, untuned, before, rounds)
 
@@ -183,7 +184,7 @@ def _measure_and_report(run, req: TuneRequest, modules: dict, tasks: list, untun
         with run.phase("profile"):
             parts = profile_parts(device, model, x, run.spec, work)
 
-    curve = tuning_curve(tasks, work, untuned, timings)
+    curve = tuning_curve(tasks, work, untuned, timings, run.clock)
     padding = padding_placements(tasks, device.tvm_target(), work.path)
     report = tuning_report(run, req, tasks, timings, conditions, checks, untuned, tuned_tasks, parts, k_present,
                            before, curve, padding)

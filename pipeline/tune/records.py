@@ -35,8 +35,7 @@ def export_records(work_dir: Path, out: Path | None = None) -> Path:
     target = tuning.record_target(work.path)
     data = store.encode(work.path, target, source)
     path = Path(out) if out is not None else store.store_dir() / store.file_name(source, target)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    _write(path, data)
     return path
 
 
@@ -49,9 +48,14 @@ def import_records(path: Path) -> Path:
     if loaded.source.get("emulated"):
         raise ValueError(f"{path} holds emulated (qemu) records, which are never stored")
     dest = store.store_dir() / store.file_name(loaded.source, loaded.target)
-    with atomic_path(dest) as tmp:
-        tmp.write_bytes(Path(path).read_bytes())
+    _write(dest, Path(path).read_bytes())
     return dest
+
+
+def _write(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+        tmp.chmod(0o644)  # a file to commit or to share, not a private temporary
 
 
 def store_rows(target) -> list[dict]:  # noqa: ANN001 - tvm.target.Target, imported lazily

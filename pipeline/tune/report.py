@@ -38,7 +38,7 @@ def tuning_report(run, req, tasks, timings: dict, conditions: dict, checks: dict
         "input_size": list(req.input_size), "upsample": run.spec.upsample, "trials": trials,
         "new_trials": trials - before, "target": device.config.target, "work_dir": str(work.path),
         "artifact": str(run.out_dir), "date": time.strftime("%Y-%m-%d %H:%M"),
-        "elapsed_s": round(time.perf_counter() - run.t_start, 1), "command": req.command(device.threads),
+        "elapsed_s": round(time.perf_counter() - run.t_start, 1), "command": req.command(device.threads, run.budget),
         "untuned": timings["untuned"], "tuned": timings["tuned"], "speedup": untuned_ms / tuned_ms,
         "measurement": conditions, "comparisons": comparisons(timings),
         "tuning_time": {"phases_s": dict(run.phases_s), "search": run.ledger.as_dict()},
@@ -232,10 +232,11 @@ def tails_agree(tails: dict, plain_ms: float, d: dict) -> str:
             f"{'more' if d['ratio'] < expected else 'less'} than the tail alone explains.")
 
 
-def tuning_curve(tasks, work, untuned: dict[str, float], timings: dict) -> dict:  # noqa: ANN001
+def tuning_curve(tasks, work, untuned: dict[str, float], timings: dict, clock: list) -> dict:  # noqa: ANN001
     """The network's best-kernels sum against trials (from the database; a kernel counts with
-    its untuned time until its first record) and the end-to-end latency: untuned at 0 trials,
-    then tuned at the end of each run on this work directory (kept in its report)."""
+    its untuned time until its first record), the end-to-end latency (untuned at 0 trials,
+    then tuned at the end of each run on this work directory, kept in its report), and
+    ``clock``: when this run's search had how many records (``steps.Run.clock``)."""
     from schedules.tuning import tuning_curve as database_curve
 
     trials = work.measured_trials()
@@ -243,7 +244,8 @@ def tuning_curve(tasks, work, untuned: dict[str, float], timings: dict) -> dict:
     runs = {0: timings["untuned"]["median_ms"], **{n: ms for n, ms in earlier if n},
             trials: timings["tuned"]["median_ms"]}
     return {"best_kernels_ms": [list(p) for p in database_curve(tasks, work.path, untuned)],
-            "end_to_end_ms": sorted([n, ms] for n, ms in runs.items())}
+            "end_to_end_ms": sorted([n, ms] for n, ms in runs.items()),
+            "wall_s": clock[:: max(1, len(clock) // 60)] + clock[-1:]}
 
 
 def curve_lines(curve: dict | None) -> list[str]:
@@ -252,10 +254,14 @@ def curve_lines(curve: dict | None) -> list[str]:
     if len(points) < 3:
         return []
     (n0, _), (nh, half), (n1, last) = points[0], points[len(points) // 2], points[-1]
-    gain = (half - last) / half if half else 0.0
+    nq, quarter = next(p for p in points if p[0] >= 0.75 * n1)
+    gain, late = (half - last) / half if half else 0.0, (quarter - last) / quarter if quarter else 0.0
+    clock = (curve or {}).get("wall_s") or []
+    when = (f" This run's search measured its records from {clock[0][0]:.0f} to {clock[-1][0]:.0f} between "
+            f"{clock[0][1] / 60:.1f} and {clock[-1][1] / 60:.1f} minutes into the run." if clock else "")
     return [f"Tuning curve (report.png): the best-kernels sum went from {points[0][1]:.2f} ms at {n0} trials to "
             f"{half:.2f} ms at {nh} and {last:.2f} ms at {n1}; the second half of the trials took off "
-            f"{gain:.1%}.", ""]
+            f"{gain:.1%}, the last quarter (from {nq}) {late:.1%}.{when}", ""]
 
 
 def warm_lines(warm: dict | None) -> list[str]:
@@ -283,7 +289,8 @@ def time_lines(report: dict) -> list[str]:
         return []
     s, phases = t["search"], t["phases_s"]
     wall = s["wall_s"] or 1e-9
-    search = (f"MetaSchedule {s['wall_s']:.0f} s: building {s['candidates']} candidates {s['build_s']:.0f} s "
+    search = "no search (the budget was spent)" if not s["candidates"] else (
+              f"MetaSchedule {s['wall_s']:.0f} s: building {s['candidates']} candidates {s['build_s']:.0f} s "
               f"({s['build_s'] / wall:.0%}, {s['build_batches']} batches), waiting for the device's measurements "
               f"{s['measure_wait_s']:.0f} s ({s['measure_wait_s'] / wall:.0%}), the XGBoost cost model "
               f"{s['cost_model_s']:.0f} s ({s['cost_model_s'] / wall:.0%}), the task scheduler and evolutionary "

@@ -56,6 +56,8 @@ class Run:
     ledger: TimeLedger = field(default_factory=TimeLedger)  # where the search's time goes
     phases_s: dict[str, float] = field(default_factory=dict)  # wall time of each step, by name
     warm: dict | None = None  # the warm start's record (WorkDir.warm_start), None from scratch
+    budget: int = 0  # the search's trial budget (the records it ends with)
+    clock: list[list[float]] = field(default_factory=list)  # [records in the database, seconds into the run]
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -219,7 +221,7 @@ def search(run: Run, tasks: list, untuned: dict[str, float], trials: int, how: s
                     run.log(f"tuning the {len(group)} {phase.kernels}: {phase.budget} trials")
                     progress.start(phase.budget)
                     tuning.tune(group, run.work.path, phase.budget, builder=builder, runner=runner,
-                                on_update=progress.on_update, ledger=run.ledger, prior=prior)
+                                on_update=_clocked(run, progress.on_update), ledger=run.ledger, prior=prior)
     except BaseException as e:
         runner.abort()
         if stop.is_set():
@@ -231,6 +233,17 @@ def search(run: Run, tasks: list, untuned: dict[str, float], trials: int, how: s
             f"{run.device_wait:.0f} s; {run.work.path} keeps its {run.work.measured_trials()} records; "
             "run the same command again to resume") from None
     builder.close()
+
+
+def _clocked(run: Run, on_update: Callable) -> Callable:
+    """``on_update``, also noting in ``run.clock`` when the database held how many records."""
+    start = run.work.measured_trials()
+
+    def update(progress) -> None:  # noqa: ANN001 - schedules.tuning.TuneProgress
+        on_update(progress)
+        run.clock.append([start + progress.trials, round(time.perf_counter() - run.t_start, 1)])
+
+    return update
 
 
 def warm_start(run: Run, tasks: list) -> object | None:
