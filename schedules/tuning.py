@@ -433,18 +433,23 @@ def tune(
     seed: int = 0,
     ledger: TimeLedger | None = None,
     prior: Prior | None = None,
+    evolution: tuple[int, int] = (512, 4),
 ) -> TuneProgress:
     """Tune ``tasks`` for at most ``max_trials`` new measurements, appending to the JSON
     database in ``work_dir`` (MetaSchedule's own format and logs); the call's wall time and
     its cost model's go into ``ledger`` (the builder's and the runner's keep their own).
-    With ``prior`` (stored records of the tasks), the cost model is trained on them first."""
+    With ``prior`` (stored records of the tasks), the cost model is trained on them first.
+    ``evolution``: the evolutionary search's population and generations per round
+    (MetaSchedule's defaults, 512 and 4)."""
     work_dir = str(work_dir)
     _drop_unnamed_log_handlers()
     # MetaSchedule's logs go to work_dir/logs. Its console handler takes the level its logger
     # has when tuning starts, and tuning leaves that logger at DEBUG, so without this every
     # call after the first would print all of them.
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
-    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, work_dir, seed=seed)
+    strategy = ms.search_strategy.EvolutionarySearch(population_size=evolution[0], genetic_num_iters=evolution[1])
+    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, work_dir, strategy=strategy,
+                                                                              seed=seed)
     progress = TuneProgress(tasks=len(contexts), task_names=[c.task_name for c in contexts],
                             calls={c.task_name: int(w) for c, w in zip(contexts, weights, strict=True)})
     if max_trials <= 0 or not contexts:

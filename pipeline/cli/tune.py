@@ -38,8 +38,9 @@ from pipeline.tune.job import DEFAULT_SEARCH, DEFAULT_TRIALS, MEASURE_ROUNDS, SE
 @graph_options
 @click.option("--search", type=click.Choice(SEARCHES), default=DEFAULT_SEARCH, show_default=True,
               help="plain: one MetaSchedule call over every kernel, heaviest first; focused: one round for "
-              "every kernel, then the rest of the trials for the kernels holding 80% of the time (a work "
-              "directory of its own).")
+              "every kernel, then the rest of the trials for the kernels holding 80% of the time; light: plain "
+              "with a quarter of MetaSchedule's evolutionary population and half its generations (each other "
+              "than plain in a work directory of its own).")
 @click.option("--from-scratch", is_flag=True, help="Ignore the records store (schedules/records): search from "
               "nothing, as before the store, in a work directory of its own.")
 @click.option("--profile/--no-profile", default=True, show_default=True, help="Time every part of the network "

@@ -29,9 +29,10 @@ DEFAULT_TRIALS = {"tiny": 1600, "base": 2000}
 WARM_TRIALS = {"tiny": 160, "base": 200}
 # ``--search`` (steps.plan): "plain" gives the whole budget to one MetaSchedule call over every
 # kernel (its own task scheduler); "focused" gives every kernel a first round, then the rest of
-# the budget to the heaviest. Plain is the default: it tuned both models faster in the
+# the budget to the heaviest; "light" is plain with a smaller evolutionary search per round
+# (steps.EVOLUTION). Plain is the default: it tuned both models faster than focused in the
 # ablation (docs/benchmarks.md).
-SEARCHES = ("plain", "focused")
+SEARCHES = ("plain", "focused", "light")
 DEFAULT_SEARCH = "plain"  # the other searches tune in work directories of their own
 # The libraries a report compares are timed in this many rounds, each in turn, one run each;
 # with 36 rounds the 99% interval of pipeline.common.noise lies between the 10th and the 27th

@@ -39,6 +39,9 @@ ABLATION_UPSAMPLE = "interpolate"
 # the rest of the budget goes to the kernels holding this share of the tuned time.
 FIRST_ROUND = 8
 HEAVY_SHARE = 0.8
+# The evolutionary search's (population, generations) per search: MetaSchedule's defaults but
+# for ``light``, the plain search with a quarter of the population and half the generations.
+EVOLUTION = {"plain": (512, 4), "focused": (512, 4), "light": (128, 2)}
 
 
 @dataclass
@@ -190,7 +193,7 @@ def plan(how: str, tasks: list, trials: int, done: dict[str, int], untuned: dict
     the kernels holding most of the tuned time. ``plain``: one call over every kernel,
     heaviest first."""
     first, rest = phase_budgets(tasks, trials, done)
-    if how == "plain":
+    if how != "focused":
         return [Phase("kernels, MetaSchedule's task scheduler over all of them", first + rest,
                       lambda: by_time(tasks, per_call_ms()))]
     return [Phase("kernels without a first round (one round each)", first,
@@ -221,7 +224,8 @@ def search(run: Run, tasks: list, untuned: dict[str, float], trials: int, how: s
                     run.log(f"tuning the {len(group)} {phase.kernels}: {phase.budget} trials")
                     progress.start(phase.budget)
                     tuning.tune(group, run.work.path, phase.budget, builder=builder, runner=runner,
-                                on_update=_clocked(run, progress.on_update), ledger=run.ledger, prior=prior)
+                                on_update=_clocked(run, progress.on_update), ledger=run.ledger, prior=prior,
+                                evolution=EVOLUTION[how])
     except BaseException as e:
         runner.abort()
         if stop.is_set():
