@@ -16,6 +16,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def empty_records_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Tuning runs in the tests begin from scratch, whatever the project's records store holds
+    (a test that wants a store fills its own and points PPMSEG_RECORDS at it)."""
+    with pytest.MonkeyPatch.context() as env:
+        path = tmp_path_factory.mktemp("records")
+        env.setenv("PPMSEG_RECORDS", str(path))
+        yield path
+
+
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
     """Written by ``make reference`` (PaddleSeg 2.8 in its own venv). Missing
