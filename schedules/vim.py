@@ -303,8 +303,9 @@ def argmax_primfunc(C: int, h: int, w: int) -> tirx.PrimFunc:
 HAND_SCHEDULED = "tirx.is_scheduled"
 
 
-def _opaque(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    # kOpaque: keeps FuseOps/FuseTIR away from hand-written kernels (they have no SBlocks to fuse).
+def hand_scheduled(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """``func`` marked as one of this project's hand-written kernels, and opaque (kOpaque) to
+    FuseOps/FuseTIR, which would otherwise fuse it with its neighbours into a new kernel."""
     return func.with_attr("op_pattern", 8).with_attr(HAND_SCHEDULED, True)
 
 
@@ -348,9 +349,9 @@ def _present_classes(bb: relax.BlockBuilder, logits: relax.Expr, stock_argmax: b
     if stock_argmax:
         winners = bb.emit(relax.op.argmax(logits, axis=1))
     else:
-        gv = bb.add_func(_opaque(argmax_primfunc(C, h, w)), f"argmax_{C}x{h}x{w}")
+        gv = bb.add_func(hand_scheduled(argmax_primfunc(C, h, w)), f"argmax_{C}x{h}x{w}")
         winners = bb.emit(relax.call_tir(gv, [logits], relax.TensorType((1, h, w), "int64")))
-    gv = bb.add_func(_opaque(presence_primfunc(C, h, w)), f"presence_{C}x{h}x{w}")
+    gv = bb.add_func(hand_scheduled(presence_primfunc(C, h, w)), f"presence_{C}x{h}x{w}")
     found = bb.emit(relax.call_tir(gv, [winners], [relax.TensorType((C,), "int64"), relax.TensorType((1,), "int64")]))
     padded, count = bb.emit(relax.TupleGetItem(found, 0)), bb.emit(relax.TupleGetItem(found, 1))
     K = tirx.Var("K", "int64")
@@ -374,7 +375,7 @@ def emit_vim(
     logits = _as_var(bb, logits)
     C, h, w = _logits_dims(logits)
     H, W = (int(v) for v in out_hw)
-    gv = bb.add_func(_opaque(vim_primfunc(C, h, w, H, W, schedule)), f"{VIM_FUNC_NAME}_{C}x{h}x{w}_{H}x{W}")
+    gv = bb.add_func(hand_scheduled(vim_primfunc(C, h, w, H, W, schedule)), f"{VIM_FUNC_NAME}_{C}x{h}x{w}_{H}x{W}")
     present = _present_classes(bb, logits, stock_argmax)
     return bb.emit(relax.call_tir(gv, [logits, present], relax.TensorType((1, H, W), "int32")))
 
@@ -406,7 +407,7 @@ def emit_interpolate(bb: relax.BlockBuilder, logits: relax.Expr, out_hw: Sequenc
     logits = _as_var(bb, logits)
     C, h, w = _logits_dims(logits)
     H, W = (int(v) for v in out_hw)
-    gv = bb.add_func(_opaque(vim_primfunc(C, h, w, H, W, schedule)), f"{VIM_FUNC_NAME}_{C}x{h}x{w}_{H}x{W}")
+    gv = bb.add_func(hand_scheduled(vim_primfunc(C, h, w, H, W, schedule)), f"{VIM_FUNC_NAME}_{C}x{h}x{w}_{H}x{W}")
     every = bb.emit(relax.op.arange(0, C, 1, "int64"))
     return bb.emit(relax.call_tir(gv, [logits, every], relax.TensorType((1, H, W), "int32")))
 

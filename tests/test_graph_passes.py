@@ -65,3 +65,31 @@ def test_output_channels_are_padded_to_blocks_only_where_it_pays(o, blocks):
     want = _run(mod, x)
     # float32 sums of 144 terms in another order: equal to a few ulps of the largest value
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+def test_a_blocked_global_mean_runs_the_hand_scheduled_kernel():
+    """A squeeze-and-excitation's pooling (the mean over H and W of a blocked tensor) becomes
+    ``schedules.blocked_mean``'s kernel, which tuning leaves alone and which computes the
+    NCHW graph's mean; a mean over one axis keeps TVM's legalization."""
+    from schedules.vim import HAND_SCHEDULED
+
+    rng = np.random.default_rng(0)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 16, 12, 10), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.conv2d(x, relax.const(rng.standard_normal((16, 16, 1, 1)).astype("float32"))))
+            pooled = bb.emit(relax.op.mean(y, axis=[2, 3], keepdims=True))
+            rows = bb.emit(relax.op.mean(y, axis=[3], keepdims=True))
+            out = bb.emit_output(relax.op.add(relax.op.multiply(y, pooled), rows))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    rewritten = rewrite(mod, SHIPPED, BLOCK)
+    hand = [k for k in _kernels(rewritten) if k.attrs is not None and k.attrs.get(HAND_SCHEDULED, False)]
+    assert [tuple(int(d) for d in k.params[0].ty.shape) for k in hand] == [(1, 2, 12, 10, BLOCK)]
+    # Tuning sees the single-axis mean (fused with what follows) and not the hand-written one.
+    assert [t.task_name for t in tuning.extract_tasks(rewritten, TARGET) if "mean" in t.task_name] == [
+        "fused_mean_multiply_add"]
+    data = rng.standard_normal((1, 16, 12, 10)).astype("float32")
+    want = _run(mod, data)
+    np.testing.assert_allclose(_run(rewritten, data), want, rtol=0, atol=1e-5 * np.abs(want).max())

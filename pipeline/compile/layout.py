@@ -19,8 +19,9 @@ the way ONNX Runtime's MLAS blocks them, so that MetaSchedule vectorizes over ch
    (TVM's FoldConstant builds and runs a kernel for each: 16 s for Tiny); duplicate
    transforms (ConvertLayout emits one per use) are merged.
 6. The activations' remaining (un)blocking transforms become fusible reshapes; then blocked
-   convolutions are legalized to ``schedules.blocked_conv``'s computes and the remaining
-   constants folded.
+   convolutions are legalized to ``schedules.blocked_conv``'s computes, a blocked tensor's
+   mean over H and W to ``schedules.blocked_mean``'s kernel, and the remaining constants
+   folded.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import tvm
 from tvm import relax
 
 from schedules.blocked_conv import CONV2D, MAX_TILE, legalize_conv2d
+from schedules.blocked_mean import MEAN, legalize_mean
 
 
 def is_op(expr: relax.Expr, name: str) -> bool:
@@ -289,8 +291,9 @@ def blocked_layout_passes(block: int) -> list[tvm.transform.Pass]:
 
 
 def legalize_blocked() -> list[tvm.transform.Pass]:
-    """Legalization with the blocked convolutions' computes, then the constants folded."""
+    """Legalization with the blocked convolutions' computes and the blocked global mean's
+    kernel, then the constants folded."""
     return [
-        relax.transform.LegalizeOps(customize_legalize_map={CONV2D: legalize_conv2d}),
+        relax.transform.LegalizeOps(customize_legalize_map={CONV2D: legalize_conv2d, MEAN: legalize_mean}),
         relax.transform.FoldConstant(),  # what is left; here once, not in every build
     ]
