@@ -74,3 +74,17 @@ def test_the_default_budget_is_the_models_and_the_command_repeats_it():
     assert " TRIALS=2000 " in TuneRequest(model="base").command(1)
     assert TuneRequest(model="base", trials=0).budget == 0  # 0 trials: build what the database has
     assert " TRIALS=24 " in TuneRequest(model="base", trials=24).command(1)
+
+
+def test_a_warm_start_budget_gives_uncovered_kernels_their_share_of_a_search_from_scratch():
+    """Begun from the store: the re-measured records, a few rounds more, and for the kernels
+    the store had nothing for (Base from Tiny's records shares 13 of 104), their share of the
+    from-scratch budget; --trials still sets the total. The command names the budget used."""
+    tiny, base = TuneRequest(model="tiny"), TuneRequest(model="base")
+    assert tiny.warm_budget(202, 0.0) == 202 + 160
+    assert base.warm_budget(26, 91 / 104) == 26 + 200 + 1750
+    assert TuneRequest(model="base", trials=500).warm_budget(26, 0.5) == 500
+    assert " TRIALS=362 " in tiny.command(1, tiny.warm_budget(202, 0.0))
+    scratch = TuneRequest(from_scratch=True)
+    assert scratch.work_dir(1).path.name == "tiny-host-512x512-t1-scratch"
+    assert scratch.command(1).endswith(" FROM_SCRATCH=1")

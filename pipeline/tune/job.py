@@ -25,7 +25,8 @@ from pipeline.tune.workdir import WorkDir
 # an hour on a 2-core machine.
 DEFAULT_TRIALS = {"tiny": 1600, "base": 2000}
 # Started from the records store (steps.warm_start), the search adds this many trials to
-# the re-measured records: the heaviest kernels get a round or two more.
+# the re-measured records (the heaviest kernels get a round or two more), plus the
+# from-scratch budget's share of the kernels the store had nothing for.
 WARM_TRIALS = {"tiny": 160, "base": 200}
 # ``--search`` (steps.plan): "plain" gives the whole budget to one MetaSchedule call over every
 # kernel (its own task scheduler); "focused" gives every kernel a first round, then the rest of
@@ -63,9 +64,12 @@ class TuneRequest:
         """The trial budget from scratch: ``trials``, or the model's default."""
         return self.trials if self.trials is not None else DEFAULT_TRIALS[self.model]
 
-    def warm_budget(self, remeasured: int) -> int:
-        """The trial budget of a run begun from the store with ``remeasured`` records."""
-        return self.trials if self.trials is not None else remeasured + WARM_TRIALS[self.model]
+    def warm_budget(self, remeasured: int, uncovered: float) -> int:
+        """The trial budget of a run begun from the store with ``remeasured`` records, where
+        the store had nothing for the share ``uncovered`` of the kernels."""
+        if self.trials is not None:
+            return self.trials
+        return remeasured + WARM_TRIALS[self.model] + round(uncovered * DEFAULT_TRIALS[self.model])
 
     @property
     def variant(self) -> str:
@@ -145,7 +149,8 @@ def _tune_and_report(req: TuneRequest, device, work: WorkDir, out_dir: Path,  # 
         log(f"resuming {work.path}: {before} trials already measured")
     with run.phase("warm_start"):
         prior = None if req.from_scratch else steps.warm_start(run, tasks)
-    run.budget = req.budget if run.warm is None else req.warm_budget(run.warm["remeasured"])
+    run.budget = req.budget if run.warm is None else req.warm_budget(
+        run.warm["remeasured"], 1 - run.warm["tasks"] / len(tasks))
     with run.phase("search"):
         steps.search(run, tasks, untuned, run.budget, req.search, prior)
     log(f"{work.measured_trials()} trials in the database ({work.measured_trials() - before} new)")
