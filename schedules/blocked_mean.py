@@ -14,21 +14,17 @@ from __future__ import annotations
 import tvm
 from tvm import relax, te, tirx
 
-from schedules.vim import hand_scheduled
+from schedules.vim import hand_scheduled, largest_divisor_at_most
 
 MEAN = "relax.mean"
 ACCUMULATORS = 8  # independent vector sums per chunk: an add's latency times the adds issued per cycle
 CHUNKS = 8  # row chunks, one parallel task each
 
 
-def _divisor_at_most(n: int, limit: int) -> int:
-    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
-
-
 def mean_hw_primfunc(shape: tuple[int, ...], dtype: str) -> tirx.PrimFunc:
     """``[N, C/b, H, W, b] -> [N, C/b, 1, 1, b]``, scheduled."""
     n, c, h, w, b = shape
-    p, f = _divisor_at_most(h, CHUNKS), _divisor_at_most(w, ACCUMULATORS)
+    p, f = largest_divisor_at_most(h, CHUNKS), largest_divisor_at_most(w, ACCUMULATORS)
     data = te.placeholder(shape, dtype, "data")
     ry, rx = te.reduce_axis((0, h // p), "ry"), te.reduce_axis((0, w // f), "rx")
     partial = te.compute((n, c, p, f, b), lambda i, j, q, k, v: te.sum(

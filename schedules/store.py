@@ -24,7 +24,7 @@ from pathlib import Path
 
 import tvm
 
-from schedules.tuning import FAILED_RUN_SECS, RECORDS, WORKLOADS, _lines
+from schedules.tuning import records
 
 FORMAT = 1
 STORE = Path(__file__).resolve().parent / "records"  # the project's, in the repository
@@ -106,19 +106,14 @@ def usable(target: tvm.target.Target, model: str) -> list[RecordFile]:
 def best_records(work_dir: str | Path, keep: int = KEEP) -> dict[str, list[tuple[object, float]]]:
     """A MetaSchedule JSON database's ``keep`` fastest successful records per workload, as
     ``[trace JSON, mean ms]``; identical traces count once."""
-    work_dir = Path(work_dir)
-    workloads = [json.loads(line)[0] for line in _lines(work_dir / WORKLOADS)]
     found: dict[str, dict[str, tuple[object, float]]] = {}
-    for line in _lines(work_dir / RECORDS):
-        index, (trace, run_secs, *_rest) = json.loads(line)
-        secs = [float(s) for s in run_secs or []]
-        if not secs or max(secs) >= FAILED_RUN_SECS:
+    for key, secs, trace in records(work_dir):
+        if secs is None:
             continue
-        ms = 1e3 * sum(secs) / len(secs)
-        seen = found.setdefault(workloads[index], {})
+        seen = found.setdefault(key, {})
         text = json.dumps(trace, sort_keys=True)
-        if text not in seen or seen[text][1] > ms:
-            seen[text] = (trace, ms)
+        if text not in seen or seen[text][1] > secs * 1e3:
+            seen[text] = (trace, secs * 1e3)
     return {k: sorted(v.values(), key=lambda r: r[1])[:keep] for k, v in found.items()}
 
 

@@ -136,18 +136,23 @@ def _plain(value: object) -> str:
     return str(value) if isinstance(value, (str, int)) else ",".join(map(str, value))
 
 
+def _targets(work_dir: str | Path) -> dict[str, dict]:
+    """Each target a work directory's records were measured for: its one-line form
+    (``llvm -mtriple=... -mcpu=... -num-cores=N``) to TVM's JSON dict; a half-written last line
+    is skipped."""
+    lines = (json.loads(line) for line in _lines(Path(work_dir) / RECORDS) if _parses(line))
+    return {_target_line(r[1][2]): r[1][2] for r in lines}
+
+
 def record_targets(work_dir: str | Path) -> set[str]:
-    """The targets a work directory's records were measured for, one line each
-    (``llvm -mtriple=... -mcpu=... -num-cores=N``); a half-written last line is skipped."""
-    lines = _lines(Path(work_dir) / RECORDS)
-    return {_target_line(json.loads(line)[1][2]) for line in lines if _parses(line)}
+    """The targets a work directory's records were measured for, one line each."""
+    return set(_targets(work_dir))
 
 
 def record_target(work_dir: str | Path) -> dict:
     """The one target a work directory's records were measured for, as TVM's JSON dict
     (ValueError without records, or with records of several targets)."""
-    lines = [json.loads(line) for line in _lines(Path(work_dir) / RECORDS) if _parses(line)]
-    targets = {_target_line(line[1][2]): line[1][2] for line in lines}
+    targets = _targets(work_dir)
     if len(targets) != 1:
         raise ValueError(f"{work_dir} holds records of {len(targets)} targets, not one")
     return next(iter(targets.values()))
@@ -199,28 +204,30 @@ def workload_key(task: ms.ExtractedTask) -> str:
     return str(tvm_ffi.structural_hash(task.dispatched[0]))
 
 
-def _records(work_dir: Path) -> Iterator[tuple[str, float | None]]:
-    """(workload key, mean measured seconds, None for a failed run) of every record, in the
-    order they were measured. A record line is ``[workload index, [trace, run_secs, ...]]``."""
+def records(work_dir: str | Path) -> Iterator[tuple[str, float | None, object]]:
+    """(workload key, mean measured seconds or None for a failed run, trace JSON) of every
+    record, in the order they were measured. A record line is ``[workload index, [trace,
+    run_secs, ...]]``."""
+    work_dir = Path(work_dir)
     workloads = [json.loads(line)[0] for line in _lines(work_dir / WORKLOADS)]
     for line in _lines(work_dir / RECORDS):
-        index, record = json.loads(line)
-        secs = [float(s) for s in record[1] or []]
+        index, (trace, run_secs, *_rest) = json.loads(line)
+        secs = [float(s) for s in run_secs or []]
         ok = bool(secs) and max(secs) < FAILED_RUN_SECS
-        yield workloads[index], (sum(secs) / len(secs) if ok else None)
+        yield workloads[index], (sum(secs) / len(secs) if ok else None), trace
 
 
 def trials_per_task(tasks: list[ms.ExtractedTask], work_dir: str | Path) -> dict[str, int]:
     """Database records per task, counted by workload key, so the count survives runs that
     were killed before reporting."""
-    counts = Counter(key for key, _secs in _records(Path(work_dir)))
+    counts = Counter(key for key, _secs, _trace in records(work_dir))
     return {t.task_name: counts.get(workload_key(t), 0) for t in tasks}
 
 
 def best_ms(tasks: list[ms.ExtractedTask], work_dir: str | Path) -> dict[str, float]:
     """Each measured task's best latency in the database (ms per call)."""
     best: dict[str, float] = {}
-    for key, secs in _records(Path(work_dir)):
+    for key, secs, _trace in records(work_dir):
         if secs is not None:
             best[key] = min(best.get(key, float("inf")), secs * 1e3)
     return {t.task_name: best[workload_key(t)] for t in tasks if workload_key(t) in best}
@@ -233,14 +240,14 @@ def tuning_curve(tasks: list[ms.ExtractedTask], work_dir: str | Path, start_ms: 
     before its first successful record (its default schedule). About ``points`` points."""
     keys = {workload_key(t): t for t in tasks}
     current = {t.task_name: start_ms[t.task_name] for t in tasks}
-    records = list(_records(Path(work_dir)))
-    step = max(1, len(records) // points)
+    measured = list(records(work_dir))
+    step = max(1, len(measured) // points)
     curve = [(0, _weighted_sum(tasks, current))]
-    for i, (key, secs) in enumerate(records, 1):
+    for i, (key, secs, _trace) in enumerate(measured, 1):
         task = keys.get(key)
         if task is not None and secs is not None:
             current[task.task_name] = min(current[task.task_name], secs * 1e3)
-        if i % step == 0 or i == len(records):
+        if i % step == 0 or i == len(measured):
             curve.append((i, _weighted_sum(tasks, current)))
     return curve
 

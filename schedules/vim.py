@@ -71,7 +71,7 @@ def _taps(n_in: int, n_out: int) -> list[tuple[np.ndarray, np.ndarray]]:
     return pairs
 
 
-def _largest_divisor_at_most(n: int, limit: int) -> int:
+def largest_divisor_at_most(n: int, limit: int) -> int:
     return max(d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0)
 
 
@@ -85,7 +85,7 @@ def vim_primfunc(C: int, h: int, w: int, H: int, W: int, schedule: VimSchedule |
     s = schedule or VimSchedule()
     # Vector width: the largest power of two <= s.vector dividing W (odd W runs scalar).
     VW = next(v for v in (16, 8, 4, 2, 1) if v <= s.vector and W % v == 0)
-    TW = VW * _largest_divisor_at_most(W // VW, max(1, s.tile_cols // VW))
+    TW = VW * largest_divisor_at_most(W // VW, max(1, s.tile_cols // VW))
     NT_X = W // TW
     NT_Y = math.ceil(H / min(s.tile_rows, H))
     TH = math.ceil(H / NT_Y)  # the last row tile is shifted up to end at H

@@ -83,17 +83,13 @@ def remeasure(tasks: list[ms.ExtractedTask], prior: Prior, work_dir: str | Path,
 
 
 def train(model: ms.cost_model.CostModel, contexts: list[ms.TuneContext], tasks: list[ms.ExtractedTask],
-          prior: Prior) -> int:
+          prior: Prior) -> None:
     """Train ``model`` on the stored records of each context's task, as if the search had
     measured them (the cost model ranks candidates within a task, by time relative to the
-    task's best, so times from another CPU of the family still teach it). Returns the
-    records it saw."""
-    seen = 0
+    task's best, so times from another CPU of the family still teach it)."""
     for context, task in zip(contexts, tasks, strict=True):
         pairs = [(candidate(task, trace), ms_) for trace, ms_ in prior.for_task(task)]
         pairs = [(c, ms_) for c, ms_ in pairs if c is not None]
         if pairs:
             results = [ms.runner.RunnerResult([ms_ / 1e3], None) for _c, ms_ in pairs]
             model.update(context, [c for c, _ms in pairs], results)
-            seen += len(pairs)
-    return seen
