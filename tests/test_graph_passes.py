@@ -93,3 +93,47 @@ def test_a_blocked_global_mean_runs_the_hand_scheduled_kernel():
     data = rng.standard_normal((1, 16, 12, 10)).astype("float32")
     want = _run(mod, data)
     np.testing.assert_allclose(_run(rewritten, data), want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+def _expand_project_expand(c: int, o: int, rng: np.random.Generator, returned: bool) -> tvm.IRModule:
+    """``conv1x1(relu(conv1x1(x) + b1) + b2)``-like chain: ``c`` channels projected to ``o``
+    (which does not fill blocks), then expanded back to ``c``; ``returned``: the projection
+    is also a result of the function, so its zero channels cannot be carried."""
+    def const(*shape: int) -> relax.Constant:
+        return relax.const(rng.standard_normal(shape).astype("float32"))
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, c, 10, 12), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.relu(relax.op.add(relax.op.nn.conv2d(x, const(o, c, 1, 1)), const(1, o, 1, 1))))
+            y = bb.emit(relax.op.multiply(y, relax.const(np.float32(0.5))))
+            z = relax.op.add(relax.op.nn.conv2d(y, const(c, o, 3, 3), padding=[1, 1, 1, 1]), const(1, c, 1, 1))
+            out = bb.emit_output(relax.Tuple([z, y]) if returned else z)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize("returned", [False, True])
+def test_zero_channels_are_carried_to_the_next_convolution(returned):
+    """A projection to 12 channels (a block and a half) gets 16 filters and the convolution
+    after it 4 zero input channels, so both run blocked and nothing between them is unblocked
+    (Tiny's stage-1 projection to 24); where the projection is also a result, it stays NCHW
+    (slicing back would add a third of the work)."""
+    rng = np.random.default_rng(1)
+    mod = _expand_project_expand(16, 12, rng, returned)
+    rewritten = rewrite(mod, SHIPPED, BLOCK)
+    kernels = _kernels(rewritten)
+    blocked = [k for k in kernels if f'"schedule_rule": "{SCHEDULE_RULE}"' in k.script()]
+    assert sorted(_output_blocks(k) for k in blocked) == ([2] if returned else [2, 2])
+    # Carried: the input blocked and the result unblocked, nothing in between; returned: the
+    # expansion's result unblocked.
+    assert len([k for k in kernels if "T_transpose" in k.script()]) == (1 if returned else 2)
+    x = rng.standard_normal((1, 16, 10, 12)).astype("float32")
+    vm = relax.VirtualMachine(tuning.build(rewritten, TARGET), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(x))
+    want = relax.VirtualMachine(tuning.build(mod, TARGET), tvm.cpu())["main"](tvm.runtime.tensor(x))
+    pairs = zip(got, want, strict=True) if returned else [(got, want)]
+    for g, w in pairs:
+        assert g.shape == w.shape
+        np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=0, atol=1e-5 * np.abs(w.numpy()).max())

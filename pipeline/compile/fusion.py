@@ -13,7 +13,8 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
-from pipeline.compile.layout import function_pass, is_op, kind_layouts, layouts_of
+from pipeline.compile.layout import kind_layouts
+from pipeline.compile.rewriting import function_pass, is_op, layouts_of
 from schedules.blocked_conv import CONV2D, out_dtype
 from schedules.inverted_residual import BINARY, Chain, expand_depthwise_nchwc
 

@@ -6,8 +6,9 @@ the way ONNX Runtime's MLAS blocks them, so that MetaSchedule vectorizes over ch
 
 1. ``clip`` becomes ``maximum``/``minimum``: ``clip`` has no layout inference in TVM 0.27,
    so every relu6, hardswish and hard sigmoid would be wrapped in layout transforms.
-2. A dense convolution whose output channels do not fill blocks (the 150-class classifier)
-   gets zero filters up to a block multiple, its output sliced back (``_padding_to_block``).
+2. A dense convolution whose output channels do not fill blocks gets zero filters up to a
+   block multiple, its output sliced back (the 150-class classifier) or the zero channels
+   carried to its uses (``pipeline/compile/channel_padding.py``).
 3. ``ConvertLayout`` with a layout per call (``conv_kind``): dense and depthwise
    convolutions whose channels fill blocks go blocked, those with too few input channels
    (the 3-channel stem, SE expansions) read NCHW and write blocked, the rest stay NCHW.
@@ -29,29 +30,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import numpy as np
 import tvm
 from tvm import relax
 
-from schedules.blocked_conv import CONV2D, MAX_TILE, legalize_conv2d
+from pipeline.compile.channel_padding import pad_output_channels
+from pipeline.compile.rewriting import function_pass, is_op, plain_layouts
+from schedules.blocked_conv import CONV2D, legalize_conv2d
 from schedules.blocked_mean import MEAN, legalize_mean
-
-
-def is_op(expr: relax.Expr, name: str) -> bool:
-    return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == name
-
-
-def function_pass(mutator: type, name: str) -> tvm.transform.Pass:
-    """A module pass applying ``mutator`` to every Relax function."""
-    @tvm.transform.module_pass(opt_level=0, name=name)
-    def run(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        rewriter = mutator(mod)
-        for gv, func in mod.functions.items():
-            if isinstance(func, relax.Function):
-                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-        return rewriter.builder_.get()
-
-    return run
 
 
 @relax.expr_functor.mutator
@@ -74,22 +59,11 @@ def clip_to_max_min() -> tvm.transform.Pass:
     return function_pass(_ClipToMaxMin, "ClipToMaxMin")
 
 
-def layouts_of(call: relax.Call) -> tuple[str, str, str]:
-    """A conv2d's data, kernel and output layout."""
-    attrs = call.attrs
-    return attrs.data_layout, attrs.kernel_layout, attrs.out_layout
-
-
-def _plain_layouts(call: relax.Call) -> bool:
-    """Whether a conv2d reads NCHW data and OIHW weights and writes NCHW."""
-    return layouts_of(call) == ("NCHW", "OIHW", "NCHW")
-
-
 def conv_kind(call: relax.Call, block: int) -> str:
     """How a conv2d runs with channel block ``block``: ``dense`` or ``depthwise`` (blocked in
     and out), ``widen`` (too few input channels for a block: NCHW in, blocked out) or
     ``plain`` (NCHW, e.g. a convolution to 4 or 150 channels)."""
-    if not _plain_layouts(call):
+    if not plain_layouts(call):
         return "plain"
     c = int(call.args[0].ty.shape[1])
     o, i = (int(call.args[1].ty.shape[k]) for k in (0, 1))
@@ -98,45 +72,6 @@ def conv_kind(call: relax.Call, block: int) -> str:
     if call.attrs.groups == 1:
         return "dense" if c % block == 0 else "widen"
     return "depthwise" if call.attrs.groups == c == o and i == 1 else "plain"
-
-
-def _padding_to_block(call: relax.Call, block: int) -> int:
-    """Zero filters that would make a dense NCHW convolution's output channels fill blocks:
-    0 unless its input channels fill blocks, its weight is a constant and the padding adds
-    at most an eighth of the work. Where that bound allows, the output blocks become a
-    multiple of the template's largest output-block tile, because a prime block count
-    (152 = 19 x 8) leaves the search only a tile of 1: the 150-class classifier gets 160
-    filters, an SE squeeze to 60 gets 64, a squeeze to 4 gets none."""
-    if not _plain_layouts(call) or call.attrs.groups != 1 or not isinstance(call.args[1], tvm.ir.expr.Constant):
-        return 0
-    c, o = int(call.args[0].ty.shape[1]), int(call.args[1].ty.shape[0])
-    if c % block or o % block == 0:
-        return 0
-    extras = (-o % (block * MAX_TILE["o"]), -o % block)
-    return next((extra for extra in extras if 8 * extra <= o), 0)
-
-
-@relax.expr_functor.mutator
-class _PadOutputChannels(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, block: int) -> None:
-        super().__init__(mod)
-        self.block = block
-
-    def visit_call_(self, call: relax.Call) -> relax.Expr:
-        call = self.visit_expr_post_order(call)
-        if not is_op(call, CONV2D) or not (extra := _padding_to_block(call, self.block)):
-            return call
-        weight = call.args[1].value.numpy()
-        zeros = np.zeros((extra, *weight.shape[1:]), weight.dtype)
-        padded = self.builder_.emit(relax.Call(
-            call.op, [call.args[0], relax.const(np.concatenate([weight, zeros]))], call.attrs))
-        return relax.op.strided_slice(padded, axes=[1], begin=[0], end=[weight.shape[0]])
-
-
-def pad_output_channels(block: int) -> tvm.transform.Pass:
-    """A convolution whose output channels do not fill blocks (``_padding_to_block``) gets
-    zero filters up to a block multiple, so it runs blocked, and its output is sliced back."""
-    return function_pass(lambda mod: _PadOutputChannels(mod, block), "PadOutputChannels")
 
 
 def kind_layouts(block: int) -> dict[str, tuple[str, str, str]]:
