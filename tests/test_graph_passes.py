@@ -106,7 +106,8 @@ def _expand_project_expand(c: int, o: int, rng: np.random.Generator, returned: b
     x = relax.Var("x", relax.TensorType((1, c, 10, 12), "float32"))
     with bb.function("main", [x]):
         with bb.dataflow():
-            y = bb.emit(relax.op.nn.relu(relax.op.add(relax.op.nn.conv2d(x, const(o, c, 1, 1)), const(1, o, 1, 1))))
+            bias = bb.emit(relax.op.reshape(const(o), [1, o, 1, 1]))  # as torch.export writes a bias
+            y = bb.emit(relax.op.nn.relu(relax.op.add(relax.op.nn.conv2d(x, const(o, c, 1, 1)), bias)))
             y = bb.emit(relax.op.multiply(y, relax.const(np.float32(0.5))))
             z = relax.op.add(relax.op.nn.conv2d(y, const(c, o, 3, 3), padding=[1, 1, 1, 1]), const(1, c, 1, 1))
             out = bb.emit_output(relax.Tuple([z, y]) if returned else z)

@@ -46,7 +46,7 @@ def _padding_to_block(call: relax.Call, block: int, bound: int) -> int:
     return next((extra for extra in extras if bound * extra <= o), 0)
 
 
-def _channel_constant(expr: relax.Expr) -> bool:
+def _channel_constant(expr: relax.Expr | None) -> bool:
     """A scalar constant or a ``[1, C, 1, 1]`` one (a bias, a folded batch-norm scale)."""
     if not isinstance(expr, tvm.ir.expr.Constant):
         return False
@@ -78,7 +78,11 @@ class _Uses:
         if is_op(value, CONV2D):
             return _constant_weight(value)
         return (any(is_op(value, name) for name in _ELEMENTWISE)
-                and all(_channel_constant(a) for a in value.args[1:]) and self.carry_padding(user))
+                and all(_channel_constant(self.constant(a)) for a in value.args[1:]) and self.carry_padding(user))
+
+    def constant(self, expr: relax.Expr) -> relax.Expr:
+        """``expr``, or the constant a variable is bound to (a bias after ``fold_weight_layouts``)."""
+        return self.values.get(expr, expr) if isinstance(expr, relax.Var) else expr
 
 
 def _zeros_after(value: np.ndarray, axis: int, size: int) -> tvm.ir.expr.Constant:
@@ -115,8 +119,7 @@ class _PadOutputChannels(relax.PyExprMutator):
             new.op, [new.args[0], _zeros_after(weight, 0, weight.shape[0] + extra)], new.attrs))
         return relax.op.strided_slice(padded, axes=[1], begin=[0], end=[weight.shape[0]])
 
-    @staticmethod
-    def _take_padded_input(call: relax.Call, args: list[relax.Expr]) -> relax.Expr:
+    def _take_padded_input(self, call: relax.Call, args: list[relax.Expr]) -> relax.Expr:
         """``call`` with its visited ``args``; where the first is a carried convolution's
         output, a dense convolution's weight gets zero input channels and an element-wise
         op's channel vectors get zeros, up to its channels (a well-typed graph has no such
@@ -125,15 +128,19 @@ class _PadOutputChannels(relax.PyExprMutator):
         dense = is_op(call, CONV2D) and call.attrs.groups == 1
         if isinstance(first, relax.TensorType) and first.ndim == 4 and (
                 dense or any(is_op(call, name) for name in _ELEMENTWISE)):
-            channels = int(first.shape[1])
-            args = [args[0], *(
-                _zeros_after(arg.value.numpy(), 1, channels)
-                if isinstance(arg, tvm.ir.expr.Constant) and arg.ty.ndim == 4
-                and (dense or int(arg.ty.shape[1]) > 1) and int(arg.ty.shape[1]) < channels else arg
-                for arg in args[1:])]
+            args = [args[0], *(self._widened(arg, int(first.shape[1]), dense) for arg in args[1:])]
         if all(a.same_as(b) for a, b in zip(args, call.args, strict=True)):
             return call
         return relax.Call(call.op, args, call.attrs, call.ty_args)
+
+    def _widened(self, arg: relax.Expr, channels: int, dense: bool) -> relax.Expr:
+        """A 4-D constant (or a variable bound to one) with fewer than ``channels`` on axis 1,
+        zeros appended; a channel vector of 1 broadcasts and stays; anything else as it is."""
+        value = self.lookup_binding(arg) if isinstance(arg, relax.Var) else arg
+        if not isinstance(value, tvm.ir.expr.Constant) or value.ty.ndim != 4:
+            return arg
+        have = int(value.ty.shape[1])
+        return _zeros_after(value.value.numpy(), 1, channels) if (dense or have > 1) and have < channels else arg
 
 
 def pad_output_channels(block: int) -> tvm.transform.Pass:

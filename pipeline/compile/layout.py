@@ -213,6 +213,7 @@ def blocked_layout_passes(block: int) -> list[tvm.transform.Pass]:
     ``legalize_blocked``)."""
     return [
         clip_to_max_min(),
+        fold_weight_layouts(),  # biases as constants, for pad_output_channels
         pad_output_channels(block),
         relax.transform.ConvertLayout({}, layout_cb=conv_layouts(block)),
         relax.transform.Normalize(),
