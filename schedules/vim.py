@@ -305,8 +305,10 @@ HAND_SCHEDULED = "tirx.is_scheduled"
 
 def hand_scheduled(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """``func`` marked as one of this project's hand-written kernels, and opaque (kOpaque) to
-    FuseOps/FuseTIR, which would otherwise fuse it with its neighbours into a new kernel."""
-    return func.with_attr("op_pattern", 8).with_attr(HAND_SCHEDULED, True)
+    FuseOps/FuseTIR, which would otherwise fuse it with its neighbours into a new kernel.
+    TVMScript's symbol (the Python function's name) is dropped: the kernel takes the name it
+    is added under, so each entry of a library with several input sizes has its own."""
+    return func.without_attr("global_symbol").with_attr("op_pattern", 8).with_attr(HAND_SCHEDULED, True)
 
 
 def presence_primfunc(C: int, h: int, w: int) -> tirx.PrimFunc:

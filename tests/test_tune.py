@@ -127,6 +127,27 @@ def test_host_tune_produces_agreeing_libraries_and_report(host_run):
     assert any("trials" in line for line in logs)
 
 
+def test_several_input_sizes_are_tuned_in_one_run(dirs, host_run):
+    """``--input-size 64x96,96x64``: one work directory and one report, the kernels of both
+    sizes in the search, and a tuned library whose every entry agrees with the untuned one's."""
+    result, logs = _tune(dirs, device="host", trials=12, other_sizes=((96, 64),), profile=False)
+    report = result.report
+    assert report["input_sizes"] == [[64, 96], [96, 64]] and report["input_size"] == [64, 96]
+    assert Path(report["work_dir"]).name == "tiny-host-64x96+96x64-t1"
+    assert "INPUT=64x96,96x64" in report["command"]
+    assert len(report["tasks"]) > len(host_run[0].report["tasks"])  # the second size's own kernels
+    assert report["checks"]["tuned_vs_untuned"]["differ_outside_ties"] == 0
+    tuned, untuned = load(result.artifact), load(result.artifact / "untuned")
+    assert [e.size for e in tuned.entries] == [(64, 96), (96, 64)]
+    rng = np.random.default_rng(1)
+    for entry in tuned.entries:
+        x = rng.standard_normal(entry.input_shape).astype(np.float32)
+        assert np.array_equal(tuned(x), untuned(x)), entry
+    # The ablation's library is the default size's alone.
+    assert [e["input_shape"] for e in json.loads((result.artifact / "interpolate" / "meta.json").read_text())[
+        "entries"]] == [[1, 3, 64, 96]]
+
+
 def test_resume_measures_only_new_candidates(dirs, host_run):
     first, _ = host_run
     work_dir = Path(first.report["work_dir"])

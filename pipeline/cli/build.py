@@ -9,7 +9,7 @@ import click
 from pipeline.cli.options import (
     ARTIFACT_OPTION,
     MODEL_OPTION,
-    SIZE_OPTION,
+    SIZES_OPTION,
     TRACKER_OPTION,
     WEIGHTS_OPTION,
     graph_options,
@@ -26,7 +26,7 @@ from pipeline.cli.options import (
 @click.option("--frontend", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
               help="Import through torch.export or through an ONNX export.")
 @WEIGHTS_OPTION
-@SIZE_OPTION
+@SIZES_OPTION
 @graph_options
 @click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="Rebuild even if an identical artifact exists.")
@@ -34,13 +34,13 @@ def compile_command(model_name: str, device: str, tracker: str | None, upsample:
                     weights: Path | None, input_size: str | None, graph, output_dir: Path,  # noqa: ANN001
                     force: bool) -> None:
     """Compile the model with TVM into DIR/model.so + DIR/meta.json."""
-    from pipeline.common.inputs import parse_size
+    from pipeline.common.shapes import parse_sizes
     from pipeline.compile.build import CompileRequest, compile_artifact
 
+    sizes = parse_sizes(input_size) if input_size else ((512, 512),)
     note_weights(weights)
     req = CompileRequest(model=model_name, device=device, upsample=upsample, frontend=frontend, weights=weights,
-                         input_size=parse_size(input_size) if input_size else (512, 512), tracker=tracker,
-                         graph=graph)
+                         input_size=sizes[0], other_sizes=sizes[1:], tracker=tracker, graph=graph)
     compile_artifact(req, output_dir, force=force, log=click.echo)
 
 

@@ -16,6 +16,11 @@ WEIGHTS_OPTION = click.option("--weights", type=click.Path(dir_okay=False, path_
                               help="Converted .pt (or a .pdparams directly); default: fixed random init.")
 SIZE_OPTION = click.option("--input-size", "input_size", metavar="HxW",
                            help="Model input size, rows x columns (e.g. 512x512, 512x1024).")
+SIZES_OPTION = click.option("--input-size", "input_size", metavar="HxW[,HxW...]|phone",
+                            help="Model input size, rows x columns (e.g. 512x512, 512x1024); or several, "
+                                 "comma-separated (sides multiples of 32; the library gets an entry each and "
+                                 "runs every image in the one nearest its aspect ratio), or a named set (phone: "
+                                 "512x512,512x704,704x512,512x928,928x512).")
 
 ARTIFACT_OPTION = click.option("--artifact", required=True, type=click.Path(file_okay=False, path_type=Path),
                                help="A directory written by `ppmseg compile` (model.so + meta.json).")

@@ -11,10 +11,14 @@ from pipeline.cli.options import ARTIFACT_OPTION, DEVICE_OPTION, TRACKER_OPTION
 
 
 def _input_for(artifact_meta: dict, input_path: Path):  # noqa: ANN202
-    """A normalized tensor of the artifact's compiled shape (an image is resized to it)."""
+    """A normalized tensor of the artifact's compiled shape (an image is resized to the
+    default entry's; a .npy of a library with several sizes may have any entry's, which the
+    runtime checks)."""
     from pipeline.common.inputs import load_input
+    from pipeline.compile.artifact import entries
 
-    size = tuple(artifact_meta["input_shape"][2:])
+    several = len(entries(artifact_meta)) > 1 and input_path.suffix.lower() == ".npy"
+    size = None if several else tuple(artifact_meta["input_shape"][2:])
     return load_input(input_path, tuple(artifact_meta["mean"]), tuple(artifact_meta["std"]), size)
 
 
@@ -99,8 +103,10 @@ def bench(artifact: Path, device: str, tracker: str | None, input_path: Path | N
               help="One image: also save its int32 label map at the image's own size (.npy).")
 @click.option("--save-labels", is_flag=True,
               help="Also save each int32 label map beside its colour map, as <stem>.npy (out.npy for one image).")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Say which of the library's input shapes each image ran in.")
 def segment(inputs: tuple[Path, ...], artifact: Path, output: Path, labels_path: Path | None,
-            save_labels: bool) -> None:
+            save_labels: bool, verbose: bool) -> None:
     """Segment photographs with a compiled artifact.
 
     One image file with -o out.png writes out.png and out-overlay.png and prints the classes
@@ -114,28 +120,31 @@ def segment(inputs: tuple[Path, ...], artifact: Path, output: Path, labels_path:
     if labels_path is not None and save_labels:
         raise click.UsageError("give --labels FILE (one image) or --save-labels, not both")
     if is_single(inputs, output):
-        _segment_one(inputs[0], artifact, output, labels_path or (output.with_suffix(".npy") if save_labels else None))
+        _segment_one(inputs[0], artifact, output, labels_path or (output.with_suffix(".npy") if save_labels else None),
+                     verbose)
     else:
-        _segment_many(inputs, artifact, output, save_labels, labels_path)
+        _segment_many(inputs, artifact, output, save_labels, labels_path, verbose)
 
 
-def _segment_one(image: Path, artifact: Path, output: Path, labels_path: Path | None) -> None:
+def _segment_one(image: Path, artifact: Path, output: Path, labels_path: Path | None, verbose: bool) -> None:
     from pipeline.common.outputs import class_shares
     from pipeline.deploy.runtime import load
-    from pipeline.deploy.segment import segment_image, single_job
+    from pipeline.deploy.segment import entry_line, segment_image, single_job
 
     if labels_path is not None and labels_path.suffix.lower() != ".npy":
         raise click.BadParameter(f"{labels_path}: must end in .npy", param_hint="--labels")
     seg = load(artifact)
     job = single_job(image, output, labels_path)
     labels = segment_image(seg, job)
+    if verbose:
+        click.echo(entry_line(seg, image, labels))
     click.echo(f"wrote {job.colour} and {job.overlay}")
     for cid, name, share in class_shares(labels, seg.num_classes):
         click.echo(f"  {share:6.1%}  {cid:3d} {name}")
 
 
 def _segment_many(inputs: tuple[Path, ...], artifact: Path, out_dir: Path, save_labels: bool,
-                  labels_path: Path | None) -> None:
+                  labels_path: Path | None, verbose: bool) -> None:
     from pipeline.deploy.runtime import load
     from pipeline.deploy.segment import FILE_SUFFIXES, collect_images, plan, segment_all
 
@@ -149,7 +158,7 @@ def _segment_many(inputs: tuple[Path, ...], artifact: Path, out_dir: Path, save_
     jobs = plan(collect_images(inputs), out_dir, save_labels)  # every refusal before the library loads
     seg = load(artifact)
     out_dir.mkdir(parents=True, exist_ok=True)
-    outcome = segment_all(seg, jobs)
+    outcome = segment_all(seg, jobs, verbose=verbose)
     click.echo(f"wrote {outcome.segmented} of {outcome.total} images to {out_dir}")
     click.echo(f"{outcome.images_per_second:.2f} images/s: {outcome.segmented} in {outcome.seconds:.2f} s with the "
                "library loaded once (decoding, preprocessing, inference and writing included)")

@@ -8,7 +8,7 @@ import click
 
 from pipeline.cli.options import (
     MODEL_OPTION,
-    SIZE_OPTION,
+    SIZES_OPTION,
     THREADS,
     TRACKER_OPTION,
     WEIGHTS_OPTION,
@@ -25,7 +25,7 @@ from pipeline.tune.job import DEFAULT_SEARCH, DEFAULT_TRIALS, MEASURE_ROUNDS, SE
 @click.option("--trials", type=click.IntRange(min=0), help="Trial budget for the network's kernels, counting what "
               "the work directory has (default "
               + ", ".join(f"{n} for {m}" for m, n in DEFAULT_TRIALS.items()) + ").")
-@SIZE_OPTION
+@SIZES_OPTION
 @click.option("--threads", type=THREADS, help="Threads on the device, or 'all' (this machine's cores; default: "
               "the profile's). Each count has its own work directory and tuned artifact.")
 @WEIGHTS_OPTION
@@ -53,7 +53,7 @@ def tune(model_name: str, device: str, tracker: str | None, trials: int | None, 
     libraries, check they agree, measure both and write the report.
 
     The last line printed is the tuned artifact's directory."""
-    from pipeline.common.inputs import parse_size
+    from pipeline.common.shapes import parse_sizes
     from pipeline.tune.job import TuneRequest, run_tune
     from pipeline.tune.workdir import list_work_dirs
 
@@ -65,10 +65,11 @@ def tune(model_name: str, device: str, tracker: str | None, trials: int | None, 
             best = f"{r['tuned_ms']:.2f} ms tuned, {r['untuned_ms']:.2f} ms untuned" if r["tuned_ms"] else "no report"
             click.echo(f"{r['work_dir']}: {r['trials']} trials, {best}{' (emulated)' if r['emulated'] else ''}")
         return
+    sizes = parse_sizes(input_size) if input_size else ((512, 512),)
     given = {"trials": trials, "device_wait": device_wait}
     req = TuneRequest(model=model_name, device=device, tracker=tracker, threads=threads, weights=weights,
                       graph=graph, search=search, profile=profile, from_scratch=from_scratch,
-                      input_size=parse_size(input_size) if input_size else (512, 512),
+                      input_size=sizes[0], other_sizes=sizes[1:],
                       **{k: v for k, v in given.items() if v is not None})
     # The weights note comes once the run holds its work directory (a refused run prints one line).
     result = run_tune(req, log=click.echo, work_root=work_root, out_root=out_root,

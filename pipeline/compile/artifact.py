@@ -52,6 +52,16 @@ class BuildSpec:
     std: tuple[float, float, float]
     graph: GraphOptions = SHIPPED  # the graph passes
     channel_block: int = 4  # the device's vector lanes, the block of blocked convolutions
+    other_sizes: tuple[tuple[int, int], ...] = ()  # entries beyond input_size, the default one
+
+    def __post_init__(self) -> None:
+        if self.other_sizes and self.frontend != "torch":  # ONNX imports' helper functions would share names
+            raise ValueError("several input sizes need the torch frontend (--frontend torch)")
+
+    @property
+    def sizes(self) -> tuple[tuple[int, int], ...]:
+        """Every entry's input size, the default first."""
+        return (tuple(self.input_size), *self.other_sizes)
 
     @property
     def layout(self) -> str:
@@ -135,6 +145,19 @@ def check_elf_layout(path: str | Path) -> None:
             raise corrupt
 
 
+def entry_functions(sizes: list | tuple) -> list[dict]:
+    """Each entry of a library with input ``sizes``: its input shape and the names of its
+    functions. The first is ``main``/``logits`` (a one-size library is exactly that);
+    the others are ``main_HxW``/``logits_HxW``."""
+    return [{"input_shape": [1, 3, h, w], "main": "main" if i == 0 else f"main_{h}x{w}",
+             "logits": "logits" if i == 0 else f"logits_{h}x{w}"} for i, (h, w) in enumerate(sizes)]
+
+
+def entries(meta: dict) -> list[dict]:
+    """An artifact's entries (an artifact from before several sizes has one, its input shape)."""
+    return meta.get("entries") or entry_functions([meta["input_shape"][2:]])
+
+
 def read_meta(directory: str | Path) -> dict:
     path = Path(directory) / META
     if not Path(directory).is_dir():
@@ -154,6 +177,11 @@ def read_meta(directory: str | Path) -> dict:
     if not (isinstance(shape, list) and len(shape) == 4 and shape[:2] == [1, 3]
             and all(isinstance(n, int) and n > 0 for n in shape)):
         raise ArtifactError(f"{path}: input_shape {shape!r} is not [1, 3, H, W]")
+    listed = meta.get("entries", [{"input_shape": shape, "main": "main", "logits": "logits"}])
+    if not (isinstance(listed, list) and listed and listed[0].get("input_shape") == shape and all(
+            isinstance(e, dict) and isinstance(e.get("main"), str) and isinstance(e.get("logits"), str)
+            and isinstance(e.get("input_shape"), list) and len(e["input_shape"]) == 4 for e in listed)):
+        raise ArtifactError(f"{path}: entries is not a list of shapes and functions, the default first")
     return meta
 
 
@@ -185,6 +213,7 @@ def write_artifact(directory: str | Path, spec: BuildSpec, export, extra: dict) 
         "variant": spec.model,
         "num_classes": spec.num_classes,
         "input_shape": list(spec.input_shape),
+        "entries": entry_functions(spec.sizes),
         "input_layout": "NCHW",
         "mean": list(spec.mean),
         "std": list(spec.std),

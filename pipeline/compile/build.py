@@ -16,11 +16,12 @@ from typing import TypeVar
 import tvm
 
 from model.weights import load_model
+from pipeline.common.shapes import size_text
 from pipeline.common.tvm_log import quiet_tvm
 from pipeline.compile.artifact import BuildSpec, cached, sha256_file, write_artifact
 from pipeline.compile.fold import fold_batchnorm
 from pipeline.compile.passes import SHIPPED, GraphOptions, rewrite
-from pipeline.compile.tail import Upsample, compose, effective_upsample
+from pipeline.compile.tail import Upsample, compose_entries, effective_upsample
 from rpc.linkers import BuildConfig, build_config, fcompile_for
 from schedules import tuning
 
@@ -38,6 +39,7 @@ class CompileRequest:
     frontend: str = "torch"
     weights: Path | None = None
     input_size: tuple[int, int] = (512, 512)
+    other_sizes: tuple[tuple[int, int], ...] = ()  # more entries (pipeline.common.shapes)
     tracker: str | None = None  # a user's tracker (real devices); None: local mode (emulation)
     graph: GraphOptions = SHIPPED
 
@@ -58,22 +60,31 @@ def import_network(model, input_shape: tuple[int, int, int, int], frontend: str,
     raise ValueError(f"unknown frontend {frontend!r}; choose one of {', '.join(FRONTENDS)}")
 
 
-def with_tail(network: tvm.IRModule, spec: BuildSpec, upsample: Upsample | None = None) -> tvm.IRModule:
-    """``main(x) -> labels`` and ``logits(x)`` around an imported network: ``spec``'s tail (or
-    ``upsample``), then ``spec``'s graph passes."""
+def import_networks(model, spec: BuildSpec, onnx_path: Path) -> dict[tuple[int, int], tvm.IRModule]:  # noqa: ANN001
+    """The network imported at each of ``spec``'s input sizes."""
+    return {size: import_network(model, (1, 3, *size), spec.frontend, onnx_path) for size in spec.sizes}
+
+
+def with_tail(networks: dict[tuple[int, int], tvm.IRModule] | tvm.IRModule, spec: BuildSpec,
+              upsample: Upsample | None = None) -> tvm.IRModule:
+    """``main(x) -> labels`` and ``logits(x)`` (and each other size's pair) around the imported
+    network(s) (one module: ``spec``'s default size): ``spec``'s tail (or ``upsample``),
+    then ``spec``'s graph passes."""
+    if isinstance(networks, tvm.IRModule):
+        networks = {tuple(spec.input_size): networks}
     with quiet_tvm():
-        module = compose(network, spec.input_shape, upsample or spec.upsample)
+        module = compose_entries(networks, upsample or spec.upsample)
         return rewrite(module, spec.graph, spec.channel_block)
 
 
 def network_module(model, spec: BuildSpec, onnx_path: Path) -> tvm.IRModule:  # noqa: ANN001 - nn.Module
     """The module a library of ``spec`` is built from: imported, tail, graph passes."""
-    return with_tail(import_network(model, spec.input_shape, spec.frontend, onnx_path), spec)
+    return with_tail(import_networks(model, spec, onnx_path), spec)
 
 
 def build_spec(variant: str, model, input_size: tuple[int, int], config: BuildConfig,  # noqa: ANN001
                weights: Path | None, upsample: Upsample = "vim", frontend: str = "torch",
-               graph: GraphOptions = SHIPPED) -> BuildSpec:
+               graph: GraphOptions = SHIPPED, other_sizes: tuple[tuple[int, int], ...] = ()) -> BuildSpec:
     """What a library of ``model`` (a loaded PPMobileSeg) built for ``config``'s device
     depends on; VIM falls back to interpolation below 30 classes."""
     return BuildSpec(
@@ -81,6 +92,7 @@ def build_spec(variant: str, model, input_size: tuple[int, int], config: BuildCo
         upsample=effective_upsample(upsample, model.cfg.num_classes), frontend=frontend, device=config.device,
         target=config.target, weights_sha256=sha256_file(weights) if weights else None,
         mean=tuple(model.cfg.mean), std=tuple(model.cfg.std), graph=graph, channel_block=config.channel_block,
+        other_sizes=tuple(tuple(s) for s in other_sizes),
     )
 
 
@@ -121,7 +133,8 @@ def compile_artifact(req: CompileRequest, out_dir: str | Path, force: bool = Fal
         raise ValueError(f"unknown frontend {req.frontend!r}; choose one of {', '.join(FRONTENDS)}")
     cfg = build_config(req.device, tracker=req.tracker)
     model = load_model(req.model, req.weights)
-    spec = build_spec(req.model, model, req.input_size, cfg, req.weights, req.upsample, req.frontend, req.graph)
+    spec = build_spec(req.model, model, req.input_size, cfg, req.weights, req.upsample, req.frontend, req.graph,
+                      req.other_sizes)
     out_dir = Path(out_dir)
     if not force and (meta := cached(out_dir, spec)) is not None:
         log(f"{out_dir}: up to date (same model, weights, target, TVM and code); reusing it (--force rebuilds)")
@@ -131,7 +144,7 @@ def compile_artifact(req: CompileRequest, out_dir: str | Path, force: bool = Fal
 
     t0 = time.perf_counter()
     module = network_module(model, spec, out_dir / ONNX_FILE)
-    log(f"imported PP-MobileSeg-{req.model} {spec.input_size[0]}x{spec.input_size[1]} "
+    log(f"imported PP-MobileSeg-{req.model} {size_text(spec.sizes)} "
         f"through {req.frontend} in {time.perf_counter() - t0:.1f} s")
     t1 = time.perf_counter()
     # Exactly the untuned build `make tune` compares.

@@ -2,8 +2,10 @@
 
 Exported functions:
   ``main(x) -> labels``   int32 [1, H, W], through VIM or plain interpolation;
-  ``logits(x) -> logits`` float32 [1, C, h, w], the network alone.
-The network itself is one private function both call, so its constants exist once.
+  ``logits(x) -> logits`` float32 [1, C, h, w], the network alone;
+and for a library with several input sizes, ``main_HxW`` and ``logits_HxW`` for each
+size after the first. The network itself is one private function per size that both
+call, so its constants exist once.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import tvm
 from tvm import relax
 
 from model.upsample import VIM_MIN_CLASSES
+from pipeline.compile.artifact import entry_functions
 from schedules.vim import emit_interpolate, emit_interpolate_stock, emit_vim
 
 Upsample = Literal["vim", "interpolate"]
@@ -31,23 +34,29 @@ def effective_upsample(upsample: Upsample, num_classes: int) -> Upsample:
 def compose(network: tvm.IRModule, input_shape: tuple[int, int, int, int], upsample: Upsample) -> tvm.IRModule:
     """``network`` is a frontend's module whose ``main(x)`` returns the logits (or a
     1-tuple of them); the result has ``main`` (labels) and ``logits``."""
+    return compose_entries({tuple(input_shape[2:]): network}, upsample)
+
+
+def compose_entries(networks: dict[tuple[int, int], tvm.IRModule], upsample: Upsample) -> tvm.IRModule:
+    """One entry per input size (``networks``: the network imported at each, the default
+    first), its functions named by ``entry_functions``; each network a private function
+    its two entry functions call. Identical weights are stored once in the library (the VM's
+    constant pool is deduplicated by value)."""
     if upsample not in TAILS:
         raise ValueError(f"unknown upsample {upsample!r}; choose one of {', '.join(TAILS)}")
-    # Keep the importer's helper functions (from_onnx emits PrimFuncs), keyed by the
-    # same GlobalVars its main refers to.
-    helpers = {gv: f for gv, f in network.functions.items() if gv.name_hint != "main"}
+    # Keep an importer's helper functions (from_onnx emits PrimFuncs), keyed by the same
+    # GlobalVars its main refers to; only one network may have them (names would collide).
+    helpers = {gv: f for network in networks.values() for gv, f in network.functions.items() if gv.name_hint != "main"}
     bb = relax.BlockBuilder(tvm.IRModule(helpers))
-    net = bb.add_func(network["main"].without_attr("global_symbol"), "network")
-
-    def emit_logits(x: relax.Var) -> relax.Var:
-        out = bb.emit(relax.Call(net, [x]))
-        return bb.emit(relax.TupleGetItem(out, 0)) if isinstance(out.ty, relax.TupleType) else out
-
-    for name, tail in (("logits", None), ("main", TAILS[upsample])):
-        x = relax.Var("x", relax.TensorType(input_shape, "float32"))
-        with bb.function(name, [x]):
-            with bb.dataflow():
-                logits = emit_logits(x)
-                out = bb.emit_output(logits if tail is None else tail(bb, logits, input_shape[2:]))
-            bb.emit_func_output(out)
+    for entry, (size, network) in zip(entry_functions(list(networks)), networks.items(), strict=True):
+        suffix = entry["main"][len("main"):]
+        net = bb.add_func(network["main"].without_attr("global_symbol"), f"network{suffix}")
+        for name, tail in ((entry["logits"], None), (entry["main"], TAILS[upsample])):
+            x = relax.Var("x", relax.TensorType((1, 3, *size), "float32"))
+            with bb.function(name, [x]):
+                with bb.dataflow():
+                    out = bb.emit(relax.Call(net, [x]))
+                    logits = bb.emit(relax.TupleGetItem(out, 0)) if isinstance(out.ty, relax.TupleType) else out
+                    out = bb.emit_output(logits if tail is None else tail(bb, logits, size))
+                bb.emit_func_output(out)
     return bb.get()

@@ -66,7 +66,7 @@ def host_reference(meta: dict, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                                        or sha256_file(weights) != meta["weights_sha256"]):
         raise ArtifactError(f"the weights this artifact was built from are not at {weights} any more")
     model = load_model(meta["variant"], weights)
-    size = tuple(meta["input_shape"][2:])
+    size = tuple(x.shape[2:])  # the entry x is the shape of
     with torch.inference_mode():
         logits = model(torch.from_numpy(x))
         labels = segment_logits(logits, size, meta["upsample"])[0].numpy()

@@ -141,17 +141,28 @@ def failure_reason(image: Path, error: BaseException) -> str:
     return line[len(prefix):] if line.startswith(prefix) else line
 
 
-def segment_all(seg: CompiledSegmenter, jobs: Sequence[Job], progress: bool = True) -> Outcome:
+def entry_line(seg: CompiledSegmenter, image: Path, labels: np.ndarray) -> str:
+    """Which of the library's input shapes an image of ``labels``' size ran in."""
+    h, w = labels.shape
+    eh, ew = seg.entry_for(h, w).size
+    return f"{image}: {h}x{w} in the {eh}x{ew} entry"
+
+
+def segment_all(seg: CompiledSegmenter, jobs: Sequence[Job], progress: bool = True,
+                verbose: bool = False) -> Outcome:
     """Segment every job with the one loaded library, with a progress bar on stderr. A file that
     cannot be read or written (ValueError, OSError: how the project reports bad input) is
-    reported as ``error: <file>: <reason>`` and skipped; any other error stops the run."""
+    reported as ``error: <file>: <reason>`` and skipped; any other error stops the run.
+    ``verbose``: each image's entry (``entry_line``) on stdout."""
     outcome = Outcome(total=len(jobs))
     start = time.perf_counter()
     with progress_bar(len(jobs), "segment", progress) as bar:
         for job in jobs:
             try:
-                segment_image(seg, job)
+                labels = segment_image(seg, job)
                 outcome.segmented += 1
+                if verbose:
+                    bar.write(entry_line(seg, job.image, labels), file=sys.stdout)
             except (ValueError, OSError) as e:
                 reason = failure_reason(job.image, e)
                 outcome.failed.append((job.image, reason))

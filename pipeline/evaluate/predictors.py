@@ -66,9 +66,9 @@ def pytorch_predictor(model, mode: str = "paddleseg",  # noqa: ANN001 - a PPMobi
 
 
 def artifact_predictor(directory: str | Path):  # noqa: ANN201 - a CompiledSegmenter
-    """``predict`` for a compiled artifact on this machine (``meta`` describes it): each
-    image is resized to the compiled input size (an artifact has one fixed size), and the
-    library's label map is resized back to the image's size by nearest neighbour."""
+    """``predict`` for a compiled artifact on this machine: each image resized to the compiled
+    input size, or with several sizes placed in the entry nearest its aspect ratio (the
+    runtime's ``CompiledSegmenter``), the label map resized back to the image's size."""
     from pipeline.deploy.runtime import load
 
     return load(directory)

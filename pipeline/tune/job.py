@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.common.paths import BUILD
+from pipeline.common.shapes import size_text
 from pipeline.compile.passes import SHIPPED, GraphOptions
 from pipeline.tune.signals import handling, interrupt
 from pipeline.tune.workdir import WorkDir
@@ -49,6 +50,7 @@ class TuneRequest:
     device: str = "host"
     trials: int | None = None  # default: the model's DEFAULT_TRIALS
     input_size: tuple[int, int] = (512, 512)
+    other_sizes: tuple[tuple[int, int], ...] = ()  # more entries of the library (pipeline.common.shapes)
     tracker: str | None = None  # host:port of the user's tracker; None: local (emulated) devices
     threads: int | None = None  # default: the device profile's
     weights: Path | None = None
@@ -60,16 +62,26 @@ class TuneRequest:
     from_scratch: bool = False  # ignore the records store (a work directory of its own)
 
     @property
+    def sizes(self) -> tuple[tuple[int, int], ...]:
+        return (tuple(self.input_size), *self.other_sizes)
+
+    @property
     def budget(self) -> int:
-        """The trial budget from scratch: ``trials``, or the model's default."""
+        """The trial budget from scratch: ``trials``, or the model's default (for one input
+        size; ``scaled_budget`` grows it with the kernels other sizes add)."""
         return self.trials if self.trials is not None else DEFAULT_TRIALS[self.model]
 
-    def warm_budget(self, remeasured: int, uncovered: float) -> int:
+    def scaled_budget(self, tasks: int, default_tasks: int) -> int:
+        """The from-scratch budget of a library with ``tasks`` distinct kernels, where its
+        default size alone has ``default_tasks``: the default budget grown in proportion."""
+        return self.trials if self.trials is not None else round(self.budget * tasks / default_tasks)
+
+    def warm_budget(self, remeasured: int, uncovered: float, tasks: int = 1, default_tasks: int = 1) -> int:
         """The trial budget of a run begun from the store with ``remeasured`` records, where
         the store had nothing for the share ``uncovered`` of the kernels."""
         if self.trials is not None:
             return self.trials
-        return remeasured + WARM_TRIALS[self.model] + round(uncovered * DEFAULT_TRIALS[self.model])
+        return remeasured + WARM_TRIALS[self.model] + round(uncovered * self.scaled_budget(tasks, default_tasks))
 
     @property
     def variant(self) -> str:
@@ -79,13 +91,13 @@ class TuneRequest:
 
     def work_dir(self, threads: int, root: Path | None = None) -> WorkDir:
         """This run's work directory (its database) under ``root`` (default ./tuning)."""
-        return WorkDir.of(self.model, self.device, self.input_size, threads, root, self.variant)
+        return WorkDir.of(self.model, self.device, self.sizes, threads, root, self.variant)
 
     def command(self, threads: int, budget: int | None = None) -> str:
         """The make command that repeats this run (whose trial budget was ``budget``, default
         the from-scratch one)."""
         return (f"make tune DEVICE={self.device} MODEL={self.model} TRIALS={budget or self.budget} "
-                f"INPUT={self.input_size[0]}x{self.input_size[1]} THREADS={threads}"
+                f"INPUT={size_text(self.sizes)} THREADS={threads}"
                 + self.graph.make_args()
                 + ("" if self.search == DEFAULT_SEARCH else f" SEARCH={self.search}")
                 + (" FROM_SCRATCH=1" if self.from_scratch else ""))
@@ -135,12 +147,13 @@ def _tune_and_report(req: TuneRequest, device, work: WorkDir, out_dir: Path,  # 
 
     t_start = time.perf_counter()
     model = load_model(req.model, req.weights)
-    spec = build_spec(req.model, model, req.input_size, device.config, req.weights, req.upsample, graph=req.graph)
+    spec = build_spec(req.model, model, req.input_size, device.config, req.weights, req.upsample, graph=req.graph,
+                      other_sizes=req.other_sizes)
     run = steps.Run(device, work, out_dir, model, spec, log, req.device_wait, t_start)
     with run.phase("import"):
         modules = steps.import_modules(run)
         tasks = steps.extract(run, modules)
-    log(f"{len(tasks)} tasks in PP-MobileSeg-{req.model} {req.input_size[0]}x{req.input_size[1]} for "
+    log(f"{len(tasks)} tasks in PP-MobileSeg-{req.model} {size_text(req.sizes)} for "
         f"{device.name}{' (emulated)' if device.emulated else ''}, {device.threads} thread(s)")
     with run.phase("untuned_tasks"):
         untuned = steps.untuned_timings(run, tasks)
@@ -149,8 +162,9 @@ def _tune_and_report(req: TuneRequest, device, work: WorkDir, out_dir: Path,  # 
         log(f"resuming {work.path}: {before} trials already measured")
     with run.phase("warm_start"):
         prior = None if req.from_scratch else steps.warm_start(run, tasks)
-    run.budget = req.budget if run.warm is None else req.warm_budget(
-        run.warm["remeasured"], 1 - run.warm["tasks"] / len(tasks))
+    default_tasks = steps.default_entry_tasks(run, modules, tasks)
+    run.budget = req.scaled_budget(len(tasks), default_tasks) if run.warm is None else req.warm_budget(
+        run.warm["remeasured"], 1 - run.warm["tasks"] / len(tasks), len(tasks), default_tasks)
     with run.phase("search"):
         steps.search(run, tasks, untuned, run.budget, req.search, prior)
     log(f"{work.measured_trials()} trials in the database ({work.measured_trials() - before} new)")

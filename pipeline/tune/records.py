@@ -19,7 +19,7 @@ def source_of(work: WorkDir) -> dict:
         raise ValueError(f"{work.path} was measured under qemu, not on a phone: emulated records are never "
                          "stored (tune with TRACKER= and your phones)")
     h, w = r["input_size"]
-    tag = tuning_tag(r["model"], r["device"], (h, w), r["threads"])
+    tag = tuning_tag(r["model"], r["device"], [tuple(s) for s in r.get("input_sizes", [[h, w]])], r["threads"])
     return {"model": r["model"], "device": r["device"], "input": [h, w], "threads": r["threads"],
             "variant": work.path.name.removeprefix(tag), "trials": r["trials"], "date": r["date"],
             "emulated": False, "tuned_ms": round(r["tuned"]["median_ms"], 3)}

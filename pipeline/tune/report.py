@@ -35,7 +35,8 @@ def tuning_report(run, req, tasks, timings: dict, conditions: dict, checks: dict
     tails = {p["part"]: p["tuned_ms"] for p in parts}
     return {
         "model": req.model, "device": device.name, "emulated": device.emulated, "threads": device.threads,
-        "input_size": list(req.input_size), "upsample": run.spec.upsample, "trials": trials,
+        "input_size": list(req.input_size), "input_sizes": [list(s) for s in req.sizes],
+        "upsample": run.spec.upsample, "trials": trials,
         "new_trials": trials - before, "target": device.config.target, "work_dir": str(work.path),
         "artifact": str(run.out_dir), "date": time.strftime("%Y-%m-%d %H:%M"),
         "elapsed_s": round(time.perf_counter() - run.t_start, 1), "command": req.command(device.threads, run.budget),
@@ -86,10 +87,21 @@ def _device(report: dict) -> str:
     return f"{report['device']} (EMULATED: qemu timings, not a phone)" if report["emulated"] else report["device"]
 
 
+def _entries(report: dict) -> list[str]:
+    """A library of several input sizes: what the report's timings cover."""
+    sizes = report.get("input_sizes", [report["input_size"]])
+    if len(sizes) == 1:
+        return []
+    others = ", ".join(f"{h}x{w}" for h, w in sizes[1:])
+    return [f"The library has {len(sizes)} input sizes; the search tuned the kernels of all of them, and the "
+            f"timings and checks below are the default size's (the others: {others}).", ""]
+
+
 def markdown(report: dict) -> str:
     lines = [
         f"# PP-MobileSeg-{report['model']} {report['input_size'][0]}x{report['input_size'][1]} on {_device(report)}",
         "",
+        *_entries(report),
         f"{report['threads']} thread(s), {report['upsample']} tail, {report['trials']} trials "
         f"({report['new_trials']} new this run), {report['date']}, `{report['command']}`",
         "",

@@ -22,7 +22,7 @@ from pipeline.compile.build import (
     ONNX_FILE,
     build_library,
     export,
-    import_network,
+    import_networks,
     in_parallel,
     with_tail,
     write_library,
@@ -78,10 +78,14 @@ class Run:
 
 
 def import_modules(run: Run) -> dict[str, object]:
-    """The shipped module and, with VIM, the ablation's (same network, plain tail)."""
+    """The shipped module and, with VIM, the ablation's (the default size's network, plain
+    tail); with several input sizes also ``default``, the default size's entry alone."""
     with quiet_tvm():
-        network = import_network(run.model, run.spec.input_shape, run.spec.frontend, run.work.path / ONNX_FILE)
-    modules = {"main": with_tail(network, run.spec)}
+        networks = import_networks(run.model, run.spec, run.work.path / ONNX_FILE)
+    network = networks[tuple(run.spec.input_size)]
+    modules = {"main": with_tail(networks, run.spec)}
+    if run.spec.other_sizes:
+        modules["default"] = with_tail(network, run.spec)
     if run.ablation:
         modules["ablation"] = with_tail(network, run.spec, ABLATION_UPSAMPLE)
     return modules
@@ -94,6 +98,17 @@ def extract(run: Run, modules: dict[str, object]) -> list:
 
     with quiet_tvm():
         return tuning.extract_tasks(modules["main"], run.device.tvm_target())
+
+
+def default_entry_tasks(run: Run, modules: dict[str, object], tasks: list) -> int:
+    """How many of ``tasks`` the default input size alone has (all of them with one size):
+    a library with several sizes gets a budget in proportion to its distinct kernels."""
+    if "default" not in modules:
+        return len(tasks)
+    from schedules import tuning
+
+    with quiet_tvm():
+        return len(tuning.extract_tasks(modules["default"], run.device.tvm_target()))
 
 
 def untuned_timings(run: Run, tasks: list) -> dict[str, float]:
@@ -312,7 +327,8 @@ def build_artifacts(run: Run, modules: dict[str, object], extra: dict) -> dict[s
     trials = run.work.measured_trials()
 
     def build(module: str, database: Path | None, directory: Path) -> Built:
-        spec = run.spec if module == "main" else BuildSpec(**{**run.spec.__dict__, "upsample": ABLATION_UPSAMPLE})
+        spec = run.spec if module == "main" else BuildSpec(
+            **{**run.spec.__dict__, "upsample": ABLATION_UPSAMPLE, "other_sizes": ()})  # the default size only
         if database is None and (meta := cached(directory, spec)) is not None:
             return Built(directory, meta)  # an earlier run's: same inputs, same code and TVM
         executable = build_library(modules[module], run.spec.target, database)

@@ -9,13 +9,14 @@ timing, and ``tune.lock``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.common.files import exclusive_lock, read_json, write_json
 from pipeline.common.paths import TUNING
+from pipeline.common.shapes import size_label
 
 LOCK_FILE = "tune.lock"
 UNTUNED_TASKS = "untuned_tasks.json"
@@ -23,11 +24,11 @@ REPORT = "report.json"
 WARM_START = "warm_start.json"
 
 
-def tuning_tag(model: str, device: str, input_size: tuple[int, int], threads: int, variant: str = "") -> str:
-    """The name of the work directory (and of the tuned artifact, ``tuned-<tag>``). The thread
-    count is part of it (kernels tuned for one count are not the best for another), and so
-    are graph options other than the defaults (``variant``, e.g. ``-nchw``)."""
-    return f"{model}-{device}-{input_size[0]}x{input_size[1]}-t{threads}{variant}"
+def tuning_tag(model: str, device: str, sizes: Sequence[tuple[int, int]], threads: int, variant: str = "") -> str:
+    """The name of the work directory (and of the tuned artifact, ``tuned-<tag>``). The input
+    sizes and the thread count are part of it (kernels tuned for one count are not the best
+    for another), and so are graph options other than the defaults (``variant``, e.g. ``-nchw``)."""
+    return f"{model}-{device}-{size_label(sizes)}-t{threads}{variant}"
 
 
 @dataclass(frozen=True)
@@ -35,9 +36,9 @@ class WorkDir:
     path: Path
 
     @classmethod
-    def of(cls, model: str, device: str, input_size: tuple[int, int], threads: int, root: Path | None = None,
+    def of(cls, model: str, device: str, sizes: Sequence[tuple[int, int]], threads: int, root: Path | None = None,
            variant: str = "") -> WorkDir:
-        return cls((root or TUNING) / tuning_tag(model, device, input_size, threads, variant))
+        return cls((root or TUNING) / tuning_tag(model, device, sizes, threads, variant))
 
     @contextmanager
     def locked(self) -> Iterator[None]:
