@@ -167,3 +167,38 @@ def test_segment_reports_the_entry_each_image_ran_in(phone_library, tmp_path):
                    "--verbose")
     assert "tall.png: 512x384 in the 704x512 entry" in proc.stdout
     assert "wide.png: 337x600 in the 512x928 entry" in proc.stdout
+
+
+def test_the_native_runner_places_each_image_as_the_python_runtime_does(phone_library, tmp_path):
+    """``ppmseg-run`` on the ``phone`` library: the same entry for each image and the same
+    label map as the Python runtime, one image at a time and a folder at once (padded ratios
+    and an odd-sized image included)."""
+    import subprocess
+
+    from pipeline.deploy.native import build_runner
+    from pipeline.deploy.runtime import load
+
+    runner = build_runner(tmp_path / "ppmseg-run")
+    seg = load(phone_library)
+    coffee = _skimage("coffee")
+    images = {**photos(tmp_path), "coffee 3:2": coffee, "coffee 5:1": coffee[:120],
+              "astronaut odd": _skimage("astronaut")[::3, ::5]}
+    folder, out = tmp_path / "ppm", tmp_path / "out"
+    folder.mkdir()
+    for i, image in enumerate(images.values()):
+        Image.fromarray(image).save(folder / f"{i}.ppm")
+
+    def run(*args: object) -> str:
+        proc = subprocess.run([str(runner), str(phone_library), *map(str, args), "-v"], capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    printed = run("--input", folder, "-o", out)
+    single = run("--input", folder / "0.ppm", "-o", tmp_path / "one.pgm")
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "one.pgm")), np.asarray(Image.open(out / "0.pgm")))
+    for i, (name, image) in enumerate(images.items()):
+        h, w = seg.entry_for(*image.shape[:2]).size
+        assert f"{i}.ppm: {image.shape[0]}x{image.shape[1]} in the {h}x{w} entry" in printed, name
+        assert np.array_equal(np.asarray(Image.open(out / f"{i}.pgm")).astype(np.int32), seg(image)), name
+    assert f"in the {seg.entry_for(*images['coffee 4:3 landscape'].shape[:2]).size[0]}x" in single

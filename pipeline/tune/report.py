@@ -366,6 +366,24 @@ def _paired_bars(ax, labels: list[str], untuned: list[float], tuned: list[float]
     ax.legend(fontsize=7)
 
 
+def _wall_marks(ax, wall: list[list[float]], best: list[list[float]]) -> None:  # noqa: ANN001 - matplotlib Axes
+    """Wall time on the tuning curve: a mark every few minutes into the run where the search's
+    database then stood (``curve.wall_s``; a resumed run marks only its own stretch)."""
+    import numpy as np
+
+    trials, seconds = (np.asarray(v, float) for v in zip(*wall, strict=True))
+    span = seconds[-1] / 60
+    step = next((s for s in (1, 2, 5, 10, 15, 30, 60) if span / s <= 8), 120)
+    at = [m for m in range(step, int(span) + 1, step) if m * 60 >= seconds[0]]
+    if not at:
+        return
+    x = np.interp([m * 60 for m in at], seconds, trials)
+    y = np.interp(x, *(np.asarray(v, float) for v in zip(*best, strict=True)))
+    ax.plot(x, y, "k|", markersize=10, label="minutes into this run")
+    for m, xi, yi in zip(at, x, y, strict=True):
+        ax.annotate(f"{m} min", (xi, yi), textcoords="offset points", xytext=(2, 6), fontsize=7)
+
+
 def _plot(report: dict, path: Path) -> None:
     import matplotlib
 
@@ -399,6 +417,8 @@ def _plot(report: dict, path: Path) -> None:
         ax4.set_yscale("log")
         _log_axis(ax4.yaxis)
         ax4.set(xlabel="trials in the database", ylabel="ms (log scale)", title="tuning curve")
+        if len(curve.get("wall_s") or []) >= 2:
+            _wall_marks(ax4, curve["wall_s"], curve["best_kernels_ms"])
         ax4.grid(True, which="both", alpha=0.3)
         ax4.legend(fontsize=7)
     fig.tight_layout()

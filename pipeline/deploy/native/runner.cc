@@ -351,8 +351,15 @@ class JsonParser {
 
 // ---------------------------------------------------------------- meta.json
 
-struct Meta {
+// One input size of the library and its labels function (meta.json's "entries").
+struct Entry {
   int64_t height = 0, width = 0;
+  std::string main;
+};
+
+struct Meta {
+  int64_t height = 0, width = 0;  // the default entry's
+  std::vector<Entry> entries;     // the default first; one for a library of one size
   float mean[3], stdev[3];
   int64_t num_classes = 0;
   std::string so_sha256, arch, tvm, tvm_ffi;
@@ -388,6 +395,22 @@ Meta read_meta(const std::string& dir) {
     fail(path + ": input layout " + layout->str + " is not supported (NCHW only)");
   m.height = dims[2];
   m.width = dims[3];
+  m.entries.push_back(Entry{m.height, m.width, "main"});
+  if (const Json* listed = root.get("entries"); listed && listed->kind != Json::Null) {
+    // pipeline/compile/artifact.py::entry_functions; the first is the default shape's "main".
+    if (listed->kind != Json::Array || listed->items.empty())
+      fail(path + ": 'entries' must be a non-empty array");
+    m.entries.clear();
+    for (const Json& e : listed->items) {
+      const Json* s = e.kind == Json::Object ? e.get("input_shape") : nullptr;
+      const Json* f = e.kind == Json::Object ? e.get("main") : nullptr;
+      if (!s || s->kind != Json::Array || s->items.size() != 4 || !f || f->kind != Json::String)
+        fail(path + ": each of 'entries' needs an input_shape [1, 3, H, W] and a main function");
+      m.entries.push_back(Entry{integer(s->items[2], "entries"), integer(s->items[3], "entries"), f->str});
+    }
+    if (m.entries[0].height != m.height || m.entries[0].width != m.width)
+      fail(path + ": the first of 'entries' must be input_shape");
+  }
   for (const char* key : {"mean", "std"}) {
     const Json& arr = need(key, Json::Array, "an array");
     if (arr.items.size() != 3) fail(path + ": '" + key + "' must hold 3 numbers (RGB)");
@@ -553,9 +576,10 @@ Axis linear_axis(int64_t in, int64_t out) {
   return a;
 }
 
-// uint8 HWC image -> float32 NCHW [1, 3, h, w], normalized.
-void normalize(const Image& img, const Meta& m, float* out) {
-  const int64_t H = img.height, W = img.width, h = m.height, w = m.width;
+// uint8 HWC image -> float32 NCHW, normalized, resized to h x w in the top-left corner of
+// a [1, 3, rows, stride] tensor (the rest is left as it is: zero padding).
+void normalize(const Image& img, const Meta& m, int64_t h, int64_t w, int64_t rows, int64_t stride, float* out) {
+  const int64_t H = img.height, W = img.width;
   const uint8_t* px = img.rgb.data();
   auto at = [&](int64_t y, int64_t x, int c) { return static_cast<float>(px[(y * W + x) * 3 + c]); };
   if (H == h && W == w) {  // same size: no resize (model/image.py skips it too)
@@ -563,7 +587,7 @@ void normalize(const Image& img, const Meta& m, float* out) {
       for (int64_t y = 0; y < h; ++y)
         for (int64_t x = 0; x < w; ++x) {
           float v = at(y, x, c) / 255.0f;
-          out[(c * h + y) * w + x] = (v - m.mean[c]) / m.stdev[c];
+          out[(c * rows + y) * stride + x] = (v - m.mean[c]) / m.stdev[c];
         }
     return;
   }
@@ -572,7 +596,7 @@ void normalize(const Image& img, const Meta& m, float* out) {
     for (int64_t y = 0; y < h; ++y) {
       const int64_t y0 = ay.i0[y], y1 = ay.i1[y];
       const float hl0 = ay.l0[y], hl1 = ay.l1[y];
-      float* row = out + (c * h + y) * w;
+      float* row = out + (c * rows + y) * stride;
       for (int64_t x = 0; x < w; ++x) {
         const int64_t x0 = ax.i0[x], x1 = ax.i1[x];
         const float wl0 = ax.l0[x], wl1 = ax.l1[x];
@@ -583,6 +607,34 @@ void normalize(const Image& img, const Meta& m, float* out) {
         row[x] = (v - m.mean[c]) / m.stdev[c];
       }
     }
+}
+
+// Where an image goes (pipeline/common/shapes.py): with one entry, resized to it; with
+// several, the entry nearest its aspect ratio (log scale, the first of equals), resized
+// keeping the ratio as PaddleSeg's eval resize does (sides rounded up to a multiple of 32,
+// never past the entry), the rest of the entry zero.
+struct Placement {
+  size_t entry = 0;
+  int64_t height = 0, width = 0;
+};
+
+Placement place(const Image& img, const Meta& m) {
+  if (m.entries.size() == 1) return Placement{0, m.height, m.width};
+  const double ratio = std::log(double(img.width) / double(img.height));
+  Placement p;
+  double best = INFINITY;
+  for (size_t i = 0; i < m.entries.size(); ++i) {
+    const double d = std::fabs(std::log(double(m.entries[i].width) / double(m.entries[i].height)) - ratio);
+    if (d < best) best = d, p.entry = i;
+  }
+  const Entry& e = m.entries[p.entry];
+  const double scale = std::min(double(e.height) / double(img.height), double(e.width) / double(img.width));
+  auto side = [&](int64_t s, int64_t bound) {  // Python's round() rounds half to even, as nearbyint does
+    const int64_t r = static_cast<int64_t>(std::nearbyint(double(s) * scale));
+    return std::min(bound, std::max<int64_t>(32, (r + 31) / 32 * 32));
+  };
+  p.height = side(img.height, e.height), p.width = side(img.width, e.width);
+  return p;
 }
 
 // PyTorch's "nearest": src = min(floor(dst * (float(in) / out)), in - 1).
@@ -661,10 +713,10 @@ struct AlignedAlloc {
 
 struct Model {
   ffi::Module lib, vm;
-  ffi::Function main;
+  std::vector<ffi::Function> mains;  // one per meta.json entry
 };
 
-Model load_model(const std::string& so) {
+Model load_model(const std::string& so, const Meta& meta) {
   ffi::Module lib = ffi::Module::LoadFromFile(so);
   auto load = lib->GetFunction("vm_load_executable");
   if (!load.has_value()) fail(so + ": not a Relax VM executable (no vm_load_executable)");
@@ -673,13 +725,17 @@ Model load_model(const std::string& so) {
   if (!init.has_value()) fail(so + ": the VM has no vm_initialization");
   constexpr int kPooled = 2;  // memory::AllocatorType::kPooled
   (*init)(static_cast<int>(kDLCPU), 0, kPooled, static_cast<int>(kDLCPU), 0, kPooled);
-  auto main = vm->GetFunction("main");
-  if (!main.has_value()) fail(so + ": the executable has no 'main' function");
-  return Model{lib, vm, *main};
+  Model model{lib, vm, {}};
+  for (const Entry& e : meta.entries) {
+    auto main = vm->GetFunction(e.main);
+    if (!main.has_value()) fail(so + ": the executable has no '" + e.main + "' function");
+    model.mains.push_back(*main);
+  }
+  return model;
 }
 
-Labels run_main(const Model& m, const ffi::Tensor& x, const Meta& meta) {
-  ffi::Any out = m.main(x);
+Labels run_main(const ffi::Function& main, const ffi::Tensor& x, const Meta& meta) {
+  ffi::Any out = main(x);
   auto t = out.try_cast<ffi::Tensor>();
   if (!t.has_value()) fail("model.so: 'main' did not return a tensor");
   const DLTensor* d = t->GetDLTensorPtr();
@@ -695,13 +751,39 @@ Labels run_main(const Model& m, const ffi::Tensor& x, const Meta& meta) {
   return l;
 }
 
-// The label map at the compiled size, as meta.json promises it.
-Labels labels_of(const Model& m, const ffi::Tensor& x, const Meta& meta, const std::string& so) {
-  Labels labels = run_main(m, x, meta);
-  if (labels.height != meta.height || labels.width != meta.width)
-    fail(so + ": 'main' returned " + std::to_string(labels.height) + "x" + std::to_string(labels.width) +
-         " labels, meta.json says " + std::to_string(meta.height) + "x" + std::to_string(meta.width));
+// Entry ``entry``'s label map at its size, as meta.json promises it.
+Labels labels_of(const Model& m, size_t entry, const ffi::Tensor& x, const Meta& meta, const std::string& so) {
+  const Entry& e = meta.entries[entry];
+  Labels labels = run_main(m.mains[entry], x, meta);
+  if (labels.height != e.height || labels.width != e.width)
+    fail(so + ": '" + e.main + "' returned " + std::to_string(labels.height) + "x" + std::to_string(labels.width) +
+         " labels, meta.json says " + std::to_string(e.height) + "x" + std::to_string(e.width));
   return labels;
+}
+
+// An image's label map at the image's size: placed in its entry, run, the padding cropped,
+// resized back by nearest neighbour. ``inputs`` holds one input tensor per entry, made on use.
+Labels segment(const Model& model, const Image& img, const Meta& meta, const std::string& so,
+               std::vector<std::optional<ffi::Tensor>>& inputs, Placement* where = nullptr) {
+  const Placement p = place(img, meta);
+  const Entry& e = meta.entries[p.entry];
+  if (!inputs[p.entry].has_value()) {
+    const int64_t shape[4] = {1, 3, e.height, e.width};
+    inputs[p.entry] = ffi::Tensor::FromNDAlloc(AlignedAlloc(), ffi::ShapeView(shape, 4), DLDataType{kDLFloat, 32, 1},
+                                               DLDevice{kDLCPU, 0});
+  }
+  float* xp = static_cast<float*>(inputs[p.entry]->data_ptr());
+  std::fill(xp, xp + 3 * e.height * e.width, 0.0f);
+  normalize(img, meta, p.height, p.width, e.height, e.width, xp);
+  Labels labels = labels_of(model, p.entry, *inputs[p.entry], meta, so);
+  if (p.height != e.height || p.width != e.width) {
+    Labels cropped{p.height, p.width, std::vector<int32_t>(size_t(p.height * p.width))};
+    for (int64_t y = 0; y < p.height; ++y)
+      std::copy_n(&labels.ids[size_t(y * e.width)], p.width, &cropped.ids[size_t(y * p.width)]);
+    labels = std::move(cropped);
+  }
+  if (where) *where = p;
+  return resize_labels(labels, img.height, img.width);
 }
 
 int num_threads() {
@@ -714,19 +796,21 @@ int num_threads() {
 
 const char* kUsage =
     "usage: ppmseg-run ARTIFACT_DIR (--input IMAGE.ppm | --raw X.bin) [-o LABELS.pgm]\n"
-    "                  [--color COLOR.ppm] [--bench N] [--warmup K] [--dump-input X.bin]\n"
-    "       ppmseg-run ARTIFACT_DIR --input IMAGE.ppm|DIR [--input ...] [-o OUT_DIR] [--color OUT_DIR]\n"
+    "                  [--color COLOR.ppm] [--bench N] [--warmup K] [--dump-input X.bin] [-v]\n"
+    "       ppmseg-run ARTIFACT_DIR --input IMAGE.ppm|DIR [--input ...] [-o OUT_DIR] [--color OUT_DIR] [-v]\n"
     "\n"
     "Runs DIR/model.so (checked against DIR/meta.json) on one input.\n"
     "  --input IMAGE.ppm   binary PPM (P6, maxval 255), any size: resized and normalized as\n"
-    "                      the Python runtime does; labels resized back to the image size\n"
-    "  --raw X.bin         normalized float32 NCHW tensor of the compiled shape (native byte\n"
-    "                      order, no header); labels at the compiled size\n"
+    "                      the Python runtime does (with several input sizes, into the one\n"
+    "                      nearest its aspect ratio, padded); labels at the image size\n"
+    "  --raw X.bin         normalized float32 NCHW tensor of the compiled (default) shape\n"
+    "                      (native byte order, no header); labels at that size\n"
     "  -o LABELS.pgm       label map as PGM (P5): 8-bit ids, 16-bit big-endian above 256 classes\n"
     "  --color COLOR.ppm   label map coloured with the PaddleSeg palette (P6)\n"
-    "  --bench N           time N runs of 'main' after K warm-up runs; print median and p90\n"
+    "  --bench N           time N runs of the entry's 'main' after K warm-up runs; print median, p90\n"
     "  --warmup K          warm-up runs before --bench (default 3)\n"
     "  --dump-input X.bin  write the normalized float32 input tensor (for checking)\n"
+    "  -v, --verbose       print which input size each image ran in\n"
     "\n"
     "Many images (several --input, or a directory: its *.ppm files in name order, not\n"
     "recursive), with the library loaded once: -o OUT_DIR receives <stem>.pgm and\n"
@@ -738,6 +822,7 @@ struct Args {
   std::string dir, raw, output, color, dump;
   std::vector<std::string> inputs;
   long bench = 0, warmup = 3;
+  bool verbose = false;
 };
 
 long parse_count(const std::string& flag, const char* text, long lo) {
@@ -795,6 +880,7 @@ Args parse_args(int argc, char** argv) {
     else if (arg == "--dump-input") a.dump = value();
     else if (arg == "--bench") a.bench = parse_count(arg, value(), 1);
     else if (arg == "--warmup") a.warmup = parse_count(arg, value(), 0);
+    else if (arg == "-v" || arg == "--verbose") a.verbose = true;
     else if (!arg.empty() && arg[0] == '-') throw Failure("unknown option " + arg + " (see --help)", 2);
     else if (a.dir.empty()) a.dir = arg;
     else throw Failure("unexpected argument " + arg + " (one artifact directory; see --help)", 2);
@@ -945,11 +1031,8 @@ int run_many(const Args& a, const Meta& meta, const std::string& so) {
   for (const std::string& dir : {a.output, a.color})
     if (!dir.empty()) make_dirs(dir);
 
-  const int64_t shape[4] = {1, 3, meta.height, meta.width};
-  ffi::Tensor x = ffi::Tensor::FromNDAlloc(AlignedAlloc(), ffi::ShapeView(shape, 4),
-                                           DLDataType{kDLFloat, 32, 1}, DLDevice{kDLCPU, 0});
-  Model model = load_model(so);
-  float* xp = static_cast<float*>(x.data_ptr());
+  std::vector<std::optional<ffi::Tensor>> inputs(meta.entries.size());
+  Model model = load_model(so, meta);
   using clock = std::chrono::steady_clock;
   const auto start = clock::now();
   size_t done = 0, failed = 0;
@@ -961,8 +1044,11 @@ int run_many(const Args& a, const Meta& meta, const std::string& so) {
       ++failed;
       continue;
     }
-    normalize(img, meta, xp);
-    const Labels labels = resize_labels(labels_of(model, x, meta, so), img.height, img.width);
+    Placement p;
+    const Labels labels = segment(model, img, meta, so, inputs, &p);
+    if (a.verbose)
+      std::printf("%s: %lldx%lld in the %lldx%lld entry\n", job.image.c_str(), (long long)img.height,
+                  (long long)img.width, (long long)meta.entries[p.entry].height, (long long)meta.entries[p.entry].width);
     if (!attempt([&] { write_labels(job.pgm, job.color, labels, meta.num_classes); })) {
       ++failed;
       continue;
@@ -983,16 +1069,19 @@ int run_many(const Args& a, const Meta& meta, const std::string& so) {
 
 int run_one(const Args& a, const Meta& meta, const std::string& so) {
   // Input first: a bad input fails fast, before the library is loaded.
-  const int64_t shape[4] = {1, 3, meta.height, meta.width};
-  const size_t numel = size_t(3 * meta.height * meta.width);
+  // An image runs in its entry (``place``); a raw tensor has the default entry's shape.
+  std::optional<Image> img;
+  Placement p{0, meta.height, meta.width};
+  if (a.raw.empty()) img = read_ppm(a.inputs[0]), p = place(*img, meta);
+  const Entry& e = meta.entries[p.entry];
+  const int64_t shape[4] = {1, 3, e.height, e.width};
+  const size_t numel = size_t(3 * e.height * e.width);
   ffi::Tensor x = ffi::Tensor::FromNDAlloc(AlignedAlloc(), ffi::ShapeView(shape, 4),
                                            DLDataType{kDLFloat, 32, 1}, DLDevice{kDLCPU, 0});
   float* xp = static_cast<float*>(x.data_ptr());
-  int64_t out_h = meta.height, out_w = meta.width;
-  if (a.raw.empty()) {
-    Image img = read_ppm(a.inputs[0]);
-    normalize(img, meta, xp);
-    out_h = img.height, out_w = img.width;
+  if (img) {
+    std::fill(xp, xp + numel, 0.0f);
+    normalize(*img, meta, p.height, p.width, e.height, e.width, xp);
   } else {
     std::vector<uint8_t> raw = read_file(a.raw, "raw tensor");
     if (raw.size() != numel * sizeof(float))
@@ -1005,22 +1094,28 @@ int run_one(const Args& a, const Meta& meta, const std::string& so) {
   if (!a.dump.empty()) write_file(a.dump, "", reinterpret_cast<const uint8_t*>(xp), numel * sizeof(float));
   if (a.output.empty() && a.color.empty() && a.bench == 0) return 0;
 
-  Model model = load_model(so);
-  Labels labels = resize_labels(labels_of(model, x, meta, so), out_h, out_w);
+  Model model = load_model(so, meta);
+  std::vector<std::optional<ffi::Tensor>> inputs(meta.entries.size());
+  inputs[p.entry] = x;
+  const Labels labels = img ? segment(model, *img, meta, so, inputs) : labels_of(model, 0, x, meta, so);
+  if (a.verbose && img)
+    std::printf("%s: %lldx%lld in the %lldx%lld entry\n", a.inputs[0].c_str(), (long long)img->height,
+                (long long)img->width, (long long)e.height, (long long)e.width);
   write_labels(a.output, a.color, labels, meta.num_classes);
 
   if (a.bench > 0) {
     using clock = std::chrono::steady_clock;
-    for (long i = 0; i < a.warmup; ++i) model.main(x);
+    const ffi::Function& main = model.mains[p.entry];
+    for (long i = 0; i < a.warmup; ++i) main(x);
     std::vector<double> ms;
     for (long i = 0; i < a.bench; ++i) {
       auto t0 = clock::now();
-      ffi::Any out = model.main(x);
+      ffi::Any out = main(x);
       ms.push_back(std::chrono::duration<double, std::milli>(clock::now() - t0).count());
     }
     const char* env = std::getenv("TVM_NUM_THREADS");
-    std::printf("main: median %.2f ms, p90 %.2f ms over %ld runs (%ld warm-up); threads %d (TVM_NUM_THREADS=%s)\n",
-                median(ms), percentile_nearest_rank(ms, 0.9), a.bench, a.warmup, num_threads(),
+    std::printf("%s: median %.2f ms, p90 %.2f ms over %ld runs (%ld warm-up); threads %d (TVM_NUM_THREADS=%s)\n",
+                e.main.c_str(), median(ms), percentile_nearest_rank(ms, 0.9), a.bench, a.warmup, num_threads(),
                 env ? env : "unset");
   }
   return 0;
