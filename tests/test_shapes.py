@@ -202,3 +202,43 @@ def test_the_native_runner_places_each_image_as_the_python_runtime_does(phone_li
         assert f"{i}.ppm: {image.shape[0]}x{image.shape[1]} in the {h}x{w} entry" in printed, name
         assert np.array_equal(np.asarray(Image.open(out / f"{i}.pgm")).astype(np.int32), seg(image)), name
     assert f"in the {seg.entry_for(*images['coffee 4:3 landscape'].shape[:2]).size[0]}x" in single
+
+
+def test_evaluate_with_a_phone_library_scores_as_pytorch_at_each_eval_size(phone_library, tmp_path):
+    """``ppmseg evaluate --artifact`` on a small ADE20K-layout set of 4:3 and 16:9 photographs:
+    the ``phone`` library scores as the PyTorch model with VIM at each image's eval size (its
+    twin), and agrees with PaddleSeg's protocol (all logits bilinear to the image) on nearly
+    every pixel, against masks that are that protocol's own prediction."""
+    from model.weights import load_model
+    from pipeline.evaluate.predictors import pytorch_predictor
+
+    root = tmp_path / "ADEChallengeData2016"
+    for part in ("images", "annotations"):
+        (root / part / "validation").mkdir(parents=True)
+    coffee, astronaut = _skimage("coffee"), _skimage("astronaut")
+    paddleseg = pytorch_predictor(load_model("tiny", None, output="logits"))
+    for i, crop in enumerate((coffee[:, 33:566], astronaut[:, 112:400], coffee[30:367])):
+        small = Image.fromarray(crop).resize((crop.shape[1] // 4, crop.shape[0] // 4), Image.BILINEAR)
+        stem = f"ADE_val_{i + 1:08d}"
+        small.save(root / "images" / "validation" / f"{stem}.jpg", quality=95)
+        image = read_image(root / "images" / "validation" / f"{stem}.jpg")  # the decoded JPEG, as evaluate sees it
+        mask = (paddleseg(image) + 1).astype(np.uint8)
+        mask[:4] = 0  # ignored
+        Image.fromarray(mask).save(root / "annotations" / "validation" / f"{stem}.png")
+
+    def evaluate(*args: str) -> dict:
+        out = tmp_path / f"{len(list(tmp_path.glob('*.json')))}.json"
+        run_cli("evaluate", *args, "--dataset", str(root), "-o", str(out))
+        return json.loads(out.read_text())
+
+    art = evaluate("--artifact", str(phone_library))
+    twin = evaluate("--model", "tiny", "--mode", "vim")
+    protocol = evaluate("--model", "tiny")
+    assert protocol["pixel_accuracy"] == 1.0  # the masks are its prediction
+    moved = sum(abs(x[k] - y[k]) for x, y in zip(twin["per_class"], art["per_class"], strict=True)
+                for k in ("predicted", "intersection"))
+    assert art["pixels"] == twin["pixels"] and moved <= 0.01 * art["pixels"]
+    assert art["miou"] == pytest.approx(twin["miou"], rel=0.05)
+    # VIM and nearest-neighbour against all logits bilinear: the same pixels but at class
+    # boundaries (99.4% here; the random weights' few small classes make mIoU swing more).
+    assert art["pixel_accuracy"] > 0.98

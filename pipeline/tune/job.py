@@ -171,6 +171,17 @@ def _tune_and_report(req: TuneRequest, device, work: WorkDir, out_dir: Path,  # 
     return _measure_and_report(run, req, modules, tasks, untuned, before, rounds)
 
 
+def _entry_inputs(spec, model) -> dict:  # noqa: ANN001 - a BuildSpec and a PPMobileSeg
+    """Each entry after the default: its ``main`` function and the sample photograph resized to it."""
+    from model.image import sample_image_path
+    from pipeline.common.inputs import load_input
+    from pipeline.compile.artifact import entry_functions
+
+    return {e["main"]: load_input(sample_image_path(), model.cfg.mean, model.cfg.std,
+                                  tuple(e["input_shape"][2:])).tensor.numpy()
+            for e in entry_functions(spec.sizes)[1:]}
+
+
 def _measure_and_report(run, req: TuneRequest, modules: dict, tasks: list, untuned: dict[str, float],  # noqa: ANN001
                         before: int, rounds: int) -> TuneResult:
     """Build, check, measure and profile the libraries of a finished search, and write the report."""
@@ -197,6 +208,7 @@ def _measure_and_report(run, req: TuneRequest, modules: dict, tasks: list, untun
     with run.phase("measure"):
         timings, labels, conditions = steps.measure(run, built, x, rounds)
         checks = steps.check(built["tuned"].meta, labels, x, weights)
+        entries = steps.measure_entries(run, built, _entry_inputs(run.spec, model), max(3, rounds // 3), weights)
         tuned_tasks = time_tasks(device, tasks, work.path, work.library_path("tasks-tuned"))
     parts = []
     if req.profile:
@@ -208,6 +220,7 @@ def _measure_and_report(run, req: TuneRequest, modules: dict, tasks: list, untun
     padding = padding_placements(tasks, device.tvm_target(), work.path)
     report = tuning_report(run, req, tasks, timings, conditions, checks, untuned, tuned_tasks, parts, k_present,
                            before, curve, padding)
+    report["entries"] = entries
     write_report(run.out_dir, report)
     work.save_report(report)
     run.log(f"untuned {report['untuned']['median_ms']:.1f} ms, tuned {report['tuned']['median_ms']:.1f} ms "

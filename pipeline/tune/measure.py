@@ -46,7 +46,7 @@ def time_tasks(device: Device, tasks: list, database: Path | None, library: Path
 
 
 def time_interleaved(session, libraries: dict[str, Path], x: np.ndarray, rounds: int, per_round: int,  # noqa: ANN001
-                     number: int) -> tuple[dict[str, list[list[float]]], dict[str, np.ndarray]]:
+                     number: int, function: str = "main") -> tuple[dict[str, list[list[float]]], dict[str, np.ndarray]]:
     """Load every library in the session side by side and run each once (its labels come
     back); then ``rounds`` rounds in which each library, in a rotating order
     (``pipeline.common.noise.rotations``), is timed for ``per_round`` repeats of ``number``
@@ -54,11 +54,12 @@ def time_interleaved(session, libraries: dict[str, Path], x: np.ndarray, rounds:
     labels = {}
     for name, path in libraries.items():
         session.load(path, slot=name)
-        labels[name] = session.run(x, slot=name)[0]
+        labels[name] = session.run(x, function=function, slot=name)[0]
     samples: dict[str, list[list[float]]] = {name: [] for name in libraries}
     for order in rotations(list(libraries), rounds):
         for name in order:
-            samples[name].append(session.benchmark(x, repeat=per_round, number=number, slot=name).repeats_ms)
+            samples[name].append(session.benchmark(x, function=function, repeat=per_round, number=number,
+                                                   slot=name).repeats_ms)
     return samples, labels
 
 
@@ -66,9 +67,9 @@ EMULATED_ROUNDS = 12
 
 
 def measure_interleaved(device: Device, libraries: dict[str, Path], x: np.ndarray,
-                        rounds: int) -> tuple[dict, dict, dict]:
-    """``libraries`` timed against each other on ``device`` (``time_interleaved``, one run per
-    build and round). Returns the timings per library (spread, and the samples of each
+                        rounds: int, function: str = "main") -> tuple[dict, dict, dict]:
+    """``libraries``' ``function`` timed against each other on ``device`` (``time_interleaved``,
+    one run per build and round). Returns the timings per library (spread, and the samples of each
     round), the label maps, and the conditions: rounds, the cores the server is pinned to, and
     this machine's load average before and after."""
     from rpc.session import connect
@@ -82,7 +83,7 @@ def measure_interleaved(device: Device, libraries: dict[str, Path], x: np.ndarra
     load_before = list(os.getloadavg())
     with connect(device.key, device.tracker) as session:
         threads = session.set_threads(device.threads)
-        samples, labels = time_interleaved(session, libraries, x, rounds, per_round, number)
+        samples, labels = time_interleaved(session, libraries, x, rounds, per_round, number, function)
         pinned = session.pinned()
     timings = {name: {**spread([v for r in rows for v in r]), "number": number, "threads": threads,
                       "rounds_ms": rows} for name, rows in samples.items()}

@@ -345,6 +345,23 @@ def measure(run: Run, built: dict[str, Built], x: np.ndarray, rounds: int) -> tu
     return measure_interleaved(run.device, {name: b.directory / "model.so" for name, b in built.items()}, x, rounds)
 
 
+def measure_entries(run: Run, built: dict[str, Built], inputs: dict[str, np.ndarray], rounds: int,
+                    weights: str | None) -> list[dict]:
+    """A library of several sizes: each entry after the default, untuned against tuned,
+    timed interleaved and checked as the default one is (``inputs``: each entry's ``main``
+    function and its input)."""
+    libraries = {name: built[name].directory / "model.so" for name in ("untuned", "tuned")}
+    rows = []
+    for function, x in inputs.items():
+        run.log(f"measuring {function} of the untuned and tuned libraries ({rounds} rounds)")
+        timings, labels, _ = measure_interleaved(run.device, libraries, x, rounds, function)
+        checks = check(built["tuned"].meta, labels, x, weights)
+        rows.append({"function": function, "input_size": list(x.shape[2:]), "rounds": rounds,
+                     "untuned_ms": timings["untuned"]["median_ms"], "tuned_ms": timings["tuned"]["median_ms"],
+                     "checks": checks})
+    return rows
+
+
 def check(tuned_meta: dict, labels: dict[str, np.ndarray], x: np.ndarray, weights: str | None) -> dict:
     """Tuned against untuned labels (must agree outside ties) and untuned against PyTorch."""
     from pipeline.deploy.remote import agreement, host_reference
