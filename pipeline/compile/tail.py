@@ -52,7 +52,7 @@ def compose_entries(networks: dict[tuple[int, int], tvm.IRModule], upsample: Ups
         suffix = entry["main"][len("main"):]
         net = bb.add_func(network["main"].without_attr("global_symbol"), f"network{suffix}")
         for name, tail in ((entry["logits"], None), (entry["main"], TAILS[upsample])):
-            x = relax.Var("x", relax.TensorType((1, 3, *size), "float32"))
+            x = relax.Var("x", network["main"].params[0].ty)  # [1, C, *size]: C is 3 for the model
             with bb.function(name, [x]):
                 with bb.dataflow():
                     out = bb.emit(relax.Call(net, [x]))
