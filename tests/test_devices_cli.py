@@ -78,3 +78,17 @@ def test_phone_without_ndk_is_a_clear_error(env, tmp_path):
     proc = cli(e, "compile", "--model", "tiny", "--device", "sd855", "-o", str(tmp_path / "a"), check=False)
     assert proc.returncode == 1 and "TVM_NDK_CC" in proc.stderr and len(proc.stderr.strip().splitlines()) == 2
     assert not (tmp_path / "a").exists()
+
+
+def test_bench_times_the_input_size_asked_for(env, tmp_path):
+    """A library of several sizes: ``--entry HxW`` times that size's ``main``; a size the
+    library does not have is a usage error naming the ones it has."""
+    cli(env, "tracker", "start", "--device", "host")
+    art = tmp_path / "art"
+    cli(env, "compile", "--model", "tiny", "--input-size", "128x160,160x128", "-o", str(art))
+    timing = json.loads(cli(env, "bench", "--artifact", str(art), "--device", "host", "--entry", "160x128",
+                            "--repeat", "2", "--number", "1", "--json").stdout)
+    assert timing["function"] == "main_160x128" and timing["median_ms"] > 0
+    bad = cli(env, "bench", "--artifact", str(art), "--device", "host", "--entry", "64x64", check=False)
+    assert bad.returncode == 2
+    assert "64x64 is not one of the library's input sizes (128x160, 160x128)" in bad.stderr

@@ -108,6 +108,7 @@ def test_preprocessing_bit_exact_at_other_model_sizes(runner, artifact, photo, t
     shutil.copy(artifact / "model.so", fake / "model.so")
     meta = json.loads((artifact / "meta.json").read_text())
     meta["input_shape"] = [1, 3, *hw]
+    meta["entries"] = [{**meta["entries"][0], "input_shape": [1, 3, *hw]}]
     (fake / "meta.json").write_text(json.dumps(meta))
     for i, rgb in enumerate([photo, photo[:1, :1], photo[:5, 3:], photo[::3, ::2]]):
         x_bin = tmp_path / f"x{i}.bin"
@@ -181,7 +182,7 @@ def _truncated_library(d: Path) -> None:
 
 def _wrong_shape_in_meta(d: Path) -> None:
     meta = json.loads((d / "meta.json").read_text())
-    meta["input_shape"] = [1, 3, 256, 256]
+    meta["input_shape"] = meta["entries"][0]["input_shape"] = [1, 3, 256, 256]
     (d / "meta.json").write_text(json.dumps(meta))
 
 

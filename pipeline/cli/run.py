@@ -22,6 +22,29 @@ def _input_for(artifact_meta: dict, input_path: Path):  # noqa: ANN202
     return load_input(input_path, tuple(artifact_meta["mean"]), tuple(artifact_meta["std"]), size)
 
 
+def _entry_input(meta: dict, entry: str | None, input_path: Path):  # noqa: ANN202
+    """The function of the entry named ``HxW`` (default: the first) and its input: a .npy of
+    its shape, or an image placed in it as the runtime places images."""
+    from model.image import read_image
+    from pipeline.common.inputs import parse_size
+    from pipeline.common.shapes import letterbox
+    from pipeline.compile.artifact import entries
+
+    listed = entries(meta)
+    if entry is None:
+        return listed[0]["main"], _input_for(meta, input_path).tensor.numpy()
+    size = list(parse_size(entry))
+    chosen = next((e for e in listed if e["input_shape"][2:] == size), None)
+    if chosen is None:
+        sizes = ", ".join("x".join(map(str, e["input_shape"][2:])) for e in listed)
+        raise click.BadParameter(f"{entry} is not one of the library's input sizes ({sizes})", param_hint="--entry")
+    if input_path.suffix.lower() == ".npy":
+        from pipeline.common.inputs import load_tensor
+
+        return chosen["main"], load_tensor(input_path, tuple(size)).numpy()
+    return chosen["main"], letterbox(read_image(input_path), tuple(size), meta["mean"], meta["std"])[0]
+
+
 @click.command()
 @ARTIFACT_OPTION
 @click.option("--input", "input_path", required=True, type=click.Path(path_type=Path),
@@ -71,23 +94,27 @@ def run(artifact: Path, input_path: Path, output: Path, device: str | None, trac
 @click.option("--repeat", default=10, show_default=True, help="Timed repeats (after one warm-up run).")
 @click.option("--number", default=3, show_default=True, help="Runs averaged within each repeat.")
 @click.option("--threads", type=int, help="Threads on the device (default: the profile's).")
+@click.option("--entry", metavar="HxW", help="A library of several input sizes: the size to time (default: "
+              "the first); an image is placed in it as the runtime places images.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench(artifact: Path, device: str, tracker: str | None, input_path: Path | None, repeat: int, number: int,
-          threads: int | None, as_json: bool) -> None:
+          threads: int | None, entry: str | None, as_json: bool) -> None:
     """Time a compiled library on a device with the VM's time evaluator."""
     from model.image import sample_image_path
     from pipeline.compile.artifact import read_meta
     from pipeline.deploy.remote import benchmark_on_device
 
     meta = read_meta(artifact)
-    x = _input_for(meta, input_path or sample_image_path()).tensor.numpy()
-    t = benchmark_on_device(artifact, device, x, tracker, number=number, repeat=repeat, threads=threads)
+    function, x = _entry_input(meta, entry, input_path or sample_image_path())
+    t = benchmark_on_device(artifact, device, x, tracker, number=number, repeat=repeat, threads=threads,
+                            function=function)
     emulated = tracker is None and bool(meta.get("emulated"))
     if as_json:
         click.echo(json.dumps({**t.as_dict(), "device": device, "emulated": emulated}))
         return
     label = f"{device} (EMULATED: qemu timings, not a phone)" if emulated else device
-    click.echo(f"{label}: median {t.median_ms:.2f} ms, p90 {t.p90_ms:.2f} ms over {repeat} repeats of {number} "
+    what = "" if function == "main" else f" {function}"
+    click.echo(f"{label}{what}: median {t.median_ms:.2f} ms, p90 {t.p90_ms:.2f} ms over {repeat} repeats of {number} "
                f"runs, {t.threads} thread(s)")
 
 

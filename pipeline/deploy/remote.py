@@ -41,11 +41,12 @@ def run_and_compare(directory: str | Path, device: str, x: np.ndarray,
 
 
 def benchmark_on_device(directory: str | Path, device: str, x: np.ndarray, tracker: str | None = None,
-                        number: int = 10, repeat: int = 5, threads: int | None = None):  # noqa: ANN201
+                        number: int = 10, repeat: int = 5, threads: int | None = None,
+                        function: str = "main"):  # noqa: ANN201
     from rpc import session
 
     return session.benchmark_on_device(_library_on(directory, device, tracker), x, device, tracker=tracker,
-                                       number=number, repeat=repeat, threads=threads)
+                                       function=function, number=number, repeat=repeat, threads=threads)
 
 
 @dataclass(frozen=True)
