@@ -4,6 +4,8 @@ that the rewritten graph computes what the NCHW graph computes."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import tvm
@@ -17,11 +19,13 @@ BLOCK = 8
 TARGET = tvm.target.Target({"kind": "llvm", "num-cores": 1})
 
 
+def _random_constant(rng: np.random.Generator, *shape: int) -> relax.Constant:
+    return relax.const(rng.standard_normal(shape).astype("float32"))
+
+
 def _conv_relu_conv(c: int, o: int, rng: np.random.Generator) -> tvm.IRModule:
     """``conv1x1(relu(conv3x3(x) + bias))``: ``c`` channels in, ``o`` out of the second."""
-    def const(*shape: int) -> relax.Constant:
-        return relax.const(rng.standard_normal(shape).astype("float32"))
-
+    const = functools.partial(_random_constant, rng)
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((1, c, 11, 9), "float32"))
     with bb.function("main", [x]):
@@ -99,9 +103,7 @@ def _expand_project_expand(c: int, o: int, rng: np.random.Generator, returned: b
     """``conv1x1(relu(conv1x1(x) + b1) + b2)``-like chain: ``c`` channels projected to ``o``
     (which does not fill blocks), then expanded back to ``c``; ``returned``: the projection
     is also a result of the function, so its zero channels cannot be carried."""
-    def const(*shape: int) -> relax.Constant:
-        return relax.const(rng.standard_normal(shape).astype("float32"))
-
+    const = functools.partial(_random_constant, rng)
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((1, c, 10, 12), "float32"))
     with bb.function("main", [x]):

@@ -155,7 +155,7 @@ def entry_functions(sizes: list | tuple) -> list[dict]:
 
 def entries(meta: dict) -> list[dict]:
     """An artifact's entries (an artifact from before several sizes has one, its input shape)."""
-    return meta.get("entries") or entry_functions([meta["input_shape"][2:]])
+    return meta["entries"] if "entries" in meta else entry_functions([meta["input_shape"][2:]])
 
 
 def read_meta(directory: str | Path) -> dict:
@@ -177,7 +177,7 @@ def read_meta(directory: str | Path) -> dict:
     if not (isinstance(shape, list) and len(shape) == 4 and shape[:2] == [1, 3]
             and all(isinstance(n, int) and n > 0 for n in shape)):
         raise ArtifactError(f"{path}: input_shape {shape!r} is not [1, 3, H, W]")
-    listed = meta.get("entries", [{"input_shape": shape, "main": "main", "logits": "logits"}])
+    listed = entries(meta)
     if not (isinstance(listed, list) and listed and listed[0].get("input_shape") == shape and all(
             isinstance(e, dict) and isinstance(e.get("main"), str) and isinstance(e.get("logits"), str)
             and isinstance(e.get("input_shape"), list) and len(e["input_shape"]) == 4 for e in listed)):

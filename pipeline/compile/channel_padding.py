@@ -26,6 +26,10 @@ from schedules.blocked_conv import CONV2D, MAX_TILE
 _ELEMENTWISE = ("relax.add", "relax.subtract", "relax.multiply", "relax.maximum", "relax.minimum", "relax.nn.relu")
 
 
+def _elementwise(expr: relax.Expr) -> bool:
+    return any(is_op(expr, name) for name in _ELEMENTWISE)
+
+
 def _constant_weight(call: relax.Call) -> bool:
     return plain_layouts(call) and call.attrs.groups == 1 and isinstance(call.args[1], tvm.ir.expr.Constant)
 
@@ -77,7 +81,7 @@ class _Uses:
             return False
         if is_op(value, CONV2D):
             return _constant_weight(value)
-        return (any(is_op(value, name) for name in _ELEMENTWISE)
+        return (_elementwise(value)
                 and all(_channel_constant(self.constant(a)) for a in value.args[1:]) and self.carry_padding(user))
 
     def constant(self, expr: relax.Expr) -> relax.Expr:
@@ -127,7 +131,7 @@ class _PadOutputChannels(relax.PyExprMutator):
         first = args[0].ty if args else None
         dense = is_op(call, CONV2D) and call.attrs.groups == 1
         if isinstance(first, relax.TensorType) and first.ndim == 4 and (
-                dense or any(is_op(call, name) for name in _ELEMENTWISE)):
+                dense or _elementwise(call)):
             args = [args[0], *(self._widened(arg, int(first.shape[1]), dense) for arg in args[1:])]
         if all(a.same_as(b) for a, b in zip(args, call.args, strict=True)):
             return call

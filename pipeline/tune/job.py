@@ -173,12 +173,11 @@ def _tune_and_report(req: TuneRequest, device, work: WorkDir, out_dir: Path,  # 
 
 def _entry_inputs(spec, model) -> dict:  # noqa: ANN001 - a BuildSpec and a PPMobileSeg
     """Each entry after the default: its ``main`` function and the sample photograph resized to it."""
-    from model.image import sample_image_path
-    from pipeline.common.inputs import load_input
+    from model.image import normalize_image, read_image, sample_image_path
     from pipeline.compile.artifact import entry_functions
 
-    return {e["main"]: load_input(sample_image_path(), model.cfg.mean, model.cfg.std,
-                                  tuple(e["input_shape"][2:])).tensor.numpy()
+    image = read_image(sample_image_path())
+    return {e["main"]: normalize_image(image, tuple(e["input_shape"][2:]), model.cfg.mean, model.cfg.std).numpy()
             for e in entry_functions(spec.sizes)[1:]}
 
 

@@ -45,18 +45,15 @@ def time_tasks(device: Device, tasks: list, database: Path | None, library: Path
     return out
 
 
-def time_interleaved(session, libraries: dict[str, Path], x: np.ndarray, rounds: int, per_round: int,  # noqa: ANN001
+def time_interleaved(session, names: list[str], x: np.ndarray, rounds: int, per_round: int,  # noqa: ANN001
                      number: int, function: str = "main") -> tuple[dict[str, list[list[float]]], dict[str, np.ndarray]]:
-    """Load every library in the session side by side and run each once (its labels come
+    """The libraries loaded in the session's slots ``names``, each run once (its labels come
     back); then ``rounds`` rounds in which each library, in a rotating order
     (``pipeline.common.noise.rotations``), is timed for ``per_round`` repeats of ``number``
     runs after one warm-up run. Returns the samples (ms) per library and round, and the labels."""
-    labels = {}
-    for name, path in libraries.items():
-        session.load(path, slot=name)
-        labels[name] = session.run(x, function=function, slot=name)[0]
-    samples: dict[str, list[list[float]]] = {name: [] for name in libraries}
-    for order in rotations(list(libraries), rounds):
+    labels = {name: session.run(x, function=function, slot=name)[0] for name in names}
+    samples: dict[str, list[list[float]]] = {name: [] for name in names}
+    for order in rotations(list(names), rounds):
         for name in order:
             samples[name].append(session.benchmark(x, function=function, repeat=per_round, number=number,
                                                    slot=name).repeats_ms)
@@ -72,6 +69,15 @@ def measure_interleaved(device: Device, libraries: dict[str, Path], x: np.ndarra
     one run per build and round). Returns the timings per library (spread, and the samples of each
     round), the label maps, and the conditions: rounds, the cores the server is pinned to, and
     this machine's load average before and after."""
+    timings, labels, conditions = measure_functions(device, libraries, {function: x}, rounds)
+    return timings[function], labels[function], conditions
+
+
+def measure_functions(device: Device, libraries: dict[str, Path], inputs: dict[str, np.ndarray],
+                      rounds: int) -> tuple[dict[str, dict], dict[str, dict], dict]:
+    """``measure_interleaved`` for each function of ``inputs`` (a library of several input
+    sizes: each entry's ``main`` and its input), the libraries uploaded once. Returns the
+    timings and labels per function, then per library, and the conditions."""
     from rpc.session import connect
 
     # One run per build and round: a burst of other work on a shared machine (often longer than
@@ -81,12 +87,17 @@ def measure_interleaved(device: Device, libraries: dict[str, Path], x: np.ndarra
     per_round, number = 1, 1
     rounds = min(rounds, EMULATED_ROUNDS) if device.emulated else rounds
     load_before = list(os.getloadavg())
+    timings, labels = {}, {}
     with connect(device.key, device.tracker) as session:
         threads = session.set_threads(device.threads)
-        samples, labels = time_interleaved(session, libraries, x, rounds, per_round, number, function)
+        for name, path in libraries.items():
+            session.load(path, slot=name)
+        for function, x in inputs.items():
+            samples, labels[function] = time_interleaved(session, list(libraries), x, rounds, per_round,
+                                                         number, function)
+            timings[function] = {name: {**spread([v for r in rows for v in r]), "number": number,
+                                        "threads": threads, "rounds_ms": rows} for name, rows in samples.items()}
         pinned = session.pinned()
-    timings = {name: {**spread([v for r in rows for v in r]), "number": number, "threads": threads,
-                      "rounds_ms": rows} for name, rows in samples.items()}
     conditions = {"rounds": rounds, "per_round": per_round, "number": number, "order": "rotating",
                   "pinned_cpus": pinned, "load_avg_before": load_before, "load_avg_after": list(os.getloadavg())}
     return timings, labels, conditions

@@ -27,7 +27,7 @@ from pipeline.compile.build import (
     with_tail,
     write_library,
 )
-from pipeline.tune.measure import measure_interleaved, time_tasks
+from pipeline.tune.measure import measure_functions, measure_interleaved, time_tasks
 from pipeline.tune.progress import ProgressPrinter
 from pipeline.tune.signals import handling, request_stop
 from pipeline.tune.workdir import WorkDir
@@ -351,15 +351,13 @@ def measure_entries(run: Run, built: dict[str, Built], inputs: dict[str, np.ndar
     timed interleaved and checked as the default one is (``inputs``: each entry's ``main``
     function and its input)."""
     libraries = {name: built[name].directory / "model.so" for name in ("untuned", "tuned")}
-    rows = []
-    for function, x in inputs.items():
-        run.log(f"measuring {function} of the untuned and tuned libraries ({rounds} rounds)")
-        timings, labels, _ = measure_interleaved(run.device, libraries, x, rounds, function)
-        checks = check(built["tuned"].meta, labels, x, weights)
-        rows.append({"function": function, "input_size": list(x.shape[2:]), "rounds": rounds,
-                     "untuned_ms": timings["untuned"]["median_ms"], "tuned_ms": timings["tuned"]["median_ms"],
-                     "checks": checks})
-    return rows
+    run.log(f"measuring {', '.join(inputs)} of the untuned and tuned libraries ({rounds} rounds)")
+    timings, labels, _ = measure_functions(run.device, libraries, inputs, rounds)
+    return [{"function": function, "input_size": list(x.shape[2:]), "rounds": rounds,
+             "untuned_ms": timings[function]["untuned"]["median_ms"],
+             "tuned_ms": timings[function]["tuned"]["median_ms"],
+             "checks": check(built["tuned"].meta, labels[function], x, weights)}
+            for function, x in inputs.items()]
 
 
 def check(tuned_meta: dict, labels: dict[str, np.ndarray], x: np.ndarray, weights: str | None) -> dict:
