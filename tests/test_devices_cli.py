@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from model.image import sample_image_path
+from model.image import read_image, sample_image_path
 from pipeline.deploy.runtime import load
 
 EXE = str(Path(sys.executable).with_name("ppmseg"))
@@ -52,14 +53,24 @@ def test_host_through_tracker_equals_local_run(env, tmp_path):
 
 
 def test_emulated_sd855_equals_host(env, tmp_path):
+    """A library of two sizes on the emulated SD855: the landscape photo runs in the landscape
+    entry, a tensor in the entry of its shape, each equal to PyTorch outside ties."""
     art = tmp_path / "sd855"
-    built = cli(env, "compile", "--model", "tiny", "--device", "sd855", "--input-size", "128x128", "-o", str(art))
+    built = cli(env, "compile", "--model", "tiny", "--device", "sd855", "--input-size", "128x128,128x160",
+                "-o", str(art))
     assert "(emulated)" in built.stdout and "aarch64-linux-gnu" in built.stdout
     meta = json.loads((art / "meta.json").read_text())
     assert meta["arch"] == "aarch64" and meta["emulated"] is True and meta["target"]["mcpu"] == "cortex-a76"
+    photo = read_image(sample_image_path())
+    assert photo.shape[1] > photo.shape[0]  # landscape
     proc = cli(env, "run", "--artifact", str(art), "--device", "sd855", "--input", str(sample_image_path()),
                "-o", str(tmp_path / "labels.npy"))
-    assert "sd855 (emulated) vs PyTorch on this machine" in proc.stdout and "0 differ outside" in proc.stdout
+    assert "sd855 (emulated) main_128x160 vs PyTorch on this machine" in proc.stdout
+    assert "0 differ outside" in proc.stdout and np.load(tmp_path / "labels.npy").shape == photo.shape[:2]
+    np.save(tmp_path / "x.npy", np.random.default_rng(1).standard_normal((1, 3, 128, 128)).astype(np.float32))
+    proc = cli(env, "run", "--artifact", str(art), "--device", "sd855", "--input", str(tmp_path / "x.npy"),
+               "-o", str(tmp_path / "labels.npy"))
+    assert "sd855 (emulated) vs PyTorch" in proc.stdout and "0 differ outside" in proc.stdout
     assert np.load(tmp_path / "labels.npy").shape == (128, 128)
     timed = cli(env, "bench", "--artifact", str(art), "--device", "sd855", "--repeat", "2", "--number", "1")
     assert "EMULATED" in timed.stdout and "median" in timed.stdout
@@ -82,10 +93,21 @@ def test_phone_without_ndk_is_a_clear_error(env, tmp_path):
 
 def test_bench_times_the_input_size_asked_for(env, tmp_path):
     """A library of several sizes: ``--entry HxW`` times that size's ``main``; a size the
-    library does not have is a usage error naming the ones it has."""
+    library does not have is a usage error naming the ones it has. ``run --device`` runs a
+    portrait photo in the portrait entry and a tensor in the entry of its shape, as the
+    runtime here does."""
     cli(env, "tracker", "start", "--device", "host")
     art = tmp_path / "art"
     cli(env, "compile", "--model", "tiny", "--input-size", "128x160,160x128", "-o", str(art))
+    portrait = tmp_path / "portrait.png"
+    Image.fromarray(read_image(sample_image_path())[:300, :200]).save(portrait)
+    for name, path in (("photo", portrait), ("tensor", tmp_path / "x.npy")):
+        if name == "tensor":
+            np.save(path, np.random.default_rng(0).standard_normal((1, 3, 160, 128)).astype(np.float32))
+        cli(env, "run", "--artifact", str(art), "--device", "host", "--input", str(path), "-o", str(tmp_path / "d.npy"))
+        cli(env, "run", "--artifact", str(art), "--input", str(path), "-o", str(tmp_path / "h.npy"))
+        remote, here = np.load(tmp_path / "d.npy"), np.load(tmp_path / "h.npy")
+        assert remote.shape == ((300, 200) if name == "photo" else (160, 128)) and np.array_equal(remote, here), name
     timing = json.loads(cli(env, "bench", "--artifact", str(art), "--device", "host", "--entry", "160x128",
                             "--repeat", "2", "--number", "1", "--json").stdout)
     assert timing["function"] == "main_160x128" and timing["median_ms"] > 0

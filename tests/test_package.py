@@ -40,7 +40,8 @@ def _compile(out: Path, **request) -> Path:
 
 @pytest.fixture(scope="module")
 def host_artifact(tmp_path_factory) -> Path:
-    return _compile(tmp_path_factory.mktemp("host-art"), input_size=HOST_SIZE)
+    """Two input sizes: the bundle's runner places each image in the entry nearest its ratio."""
+    return _compile(tmp_path_factory.mktemp("host-art"), input_size=HOST_SIZE, other_sizes=(HOST_SIZE[::-1],))
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +128,12 @@ def test_host_bundle_runs_and_equals_python_runtime(host_artifact, photo, tmp_pa
     # The runner finds the bundled libraries through its $ORIGIN rpath too, without run.sh.
     ok(root / "ppmseg-run", root, "--input", "photo.ppm", "-o", "direct.pgm", cwd=tmp_path)
     assert np.array_equal(read_pgm(tmp_path / "direct.pgm"), expected)
+    # A portrait photo runs in the portrait entry, as in the Python runtime.
+    portrait = np.ascontiguousarray(rgb[:, : rgb.shape[0] * 3 // 4])
+    Image.fromarray(portrait).save(tmp_path / "portrait.ppm")
+    proc = ok(root / "run.sh", "--input", "portrait.ppm", "-o", "portrait.pgm", "-v", cwd=tmp_path)
+    assert "in the 160x128 entry" in proc.stdout
+    assert np.array_equal(read_pgm(tmp_path / "portrait.pgm"), load(host_artifact)(portrait))
     readme = (root / "README.txt").read_text()
     assert "x86_64 Linux" in readme and "glibc >=" in readme
     assert "--input photos/ -o out/" in readme  # the folder form is on the bundle's own page

@@ -23,8 +23,16 @@ def _input_for(artifact_meta: dict, input_path: Path):  # noqa: ANN202
 
 
 def _entry_input(meta: dict, entry: str | None, input_path: Path):  # noqa: ANN202
-    """The function of the entry named ``HxW`` (default: the first) and its input: a .npy of
-    its shape, or an image placed in it as the runtime places images."""
+    """The function of the entry named ``HxW`` and its input: a .npy of its shape, or an image
+    placed in it as the runtime places images. Without ``HxW``: an image resized to the first
+    entry, or a .npy of any entry's shape and that entry."""
+    function, x, _ = _placed_input(meta, entry, input_path)
+    return function, x
+
+
+def _placed_input(meta: dict, entry: str | None, input_path: Path):  # noqa: ANN202
+    """``_entry_input``, and for an image placed in an entry the part of the label map that is
+    the image (None otherwise)."""
     from model.image import read_image
     from pipeline.common.inputs import parse_size
     from pipeline.common.shapes import letterbox
@@ -32,7 +40,12 @@ def _entry_input(meta: dict, entry: str | None, input_path: Path):  # noqa: ANN2
 
     listed = entries(meta)
     if entry is None:
-        return listed[0]["main"], _input_for(meta, input_path).tensor.numpy()
+        x = _input_for(meta, input_path).tensor.numpy()
+        chosen = next((e for e in listed if e["input_shape"] == list(x.shape)), None)
+        if chosen is None:
+            shapes = " or ".join(str(e["input_shape"]) for e in listed)
+            raise click.BadParameter(f"{input_path}: shape {list(x.shape)}, expected {shapes}", param_hint="--input")
+        return chosen["main"], x, None
     size = list(parse_size(entry))
     chosen = next((e for e in listed if e["input_shape"][2:] == size), None)
     if chosen is None:
@@ -41,8 +54,23 @@ def _entry_input(meta: dict, entry: str | None, input_path: Path):  # noqa: ANN2
     if input_path.suffix.lower() == ".npy":
         from pipeline.common.inputs import load_tensor
 
-        return chosen["main"], load_tensor(input_path, tuple(size)).numpy()
-    return chosen["main"], letterbox(read_image(input_path), tuple(size), meta["mean"], meta["std"])[0]
+        return chosen["main"], load_tensor(input_path, tuple(size)).numpy(), None
+    x, placed = letterbox(read_image(input_path), tuple(size), meta["mean"], meta["std"])
+    return chosen["main"], x, placed
+
+
+def _nearest_entry(meta: dict, input_path: Path) -> str | None:
+    """For an image and a library of several sizes: the size (``HxW``) of the entry nearest
+    the image's aspect ratio, where the runtime would run it; None otherwise."""
+    from model.image import read_image
+    from pipeline.common.shapes import nearest_entry
+    from pipeline.compile.artifact import entries
+
+    listed = [e["input_shape"][2:] for e in entries(meta)]
+    if len(listed) == 1 or input_path.suffix.lower() == ".npy":
+        return None
+    height, width = read_image(input_path).shape[:2]
+    return "x".join(map(str, listed[nearest_entry(height, width, listed)]))
 
 
 @click.command()
@@ -58,7 +86,9 @@ def run(artifact: Path, input_path: Path, output: Path, device: str | None, trac
 
     With --device the library is uploaded through the tracker and run there, and its
     label map is compared with the same model run by PyTorch on this machine. An image
-    input gives a label map at the compiled size in that case, at the image's size here.
+    input gives a label map at the compiled size in that case (with several input sizes: in
+    the entry nearest its aspect ratio, cropped and resized to the image, as here), at the
+    image's size here.
     """
     from pipeline.common.outputs import check_output_path, save_output
     from pipeline.compile.artifact import read_meta
@@ -73,10 +103,15 @@ def run(artifact: Path, input_path: Path, output: Path, device: str | None, trac
         labels = seg(_input_for(meta, input_path).tensor.numpy() if input_path.suffix.lower() == ".npy"
                      else read_image(input_path))
     else:
+        from model.image import read_image, resize_labels
         from pipeline.deploy.remote import TIE, run_and_compare
 
-        labels, a = run_and_compare(artifact, device, _input_for(meta, input_path).tensor.numpy(), tracker)
-        where = f"{device}{' (emulated)' if tracker is None and meta.get('emulated') else ''}"
+        function, x, placed = _placed_input(meta, _nearest_entry(meta, input_path), input_path)
+        labels, a = run_and_compare(artifact, device, x, tracker, function)
+        if placed is not None:  # as the runtime: the image's part, back at the image's size
+            labels = resize_labels(labels[:placed[0], :placed[1]], read_image(input_path).shape[:2])
+        where = (f"{device}{' (emulated)' if tracker is None and meta.get('emulated') else ''}"
+                 f"{'' if function == 'main' else f' {function}'}")
         click.echo(f"{where} vs PyTorch on this machine: {a.equal:.4%} of pixels equal, "
                    f"{a.differ_outside_ties} differ outside top-two ties (< {TIE:g})")
         if not a.ok:

@@ -26,17 +26,20 @@ def _library_on(directory: str | Path, device: str, tracker: str | None) -> Path
     return Path(directory) / LIBRARY
 
 
-def run_on_device(directory: str | Path, device: str, x: np.ndarray, tracker: str | None = None) -> np.ndarray:
-    """Upload ``model.so``, run ``main`` on the normalized input, bring the labels back."""
+def run_on_device(directory: str | Path, device: str, x: np.ndarray, tracker: str | None = None,
+                  function: str = "main") -> np.ndarray:
+    """Upload ``model.so``, run ``function`` (an entry's ``main``) on the normalized input,
+    bring the labels back."""
     from rpc import session
 
-    return session.run_on_device(_library_on(directory, device, tracker), x, device, tracker=tracker)[0]
+    return session.run_on_device(_library_on(directory, device, tracker), x, device, tracker=tracker,
+                                 function=function)[0]
 
 
-def run_and_compare(directory: str | Path, device: str, x: np.ndarray,
-                    tracker: str | None = None) -> tuple[np.ndarray, Agreement]:
+def run_and_compare(directory: str | Path, device: str, x: np.ndarray, tracker: str | None = None,
+                    function: str = "main") -> tuple[np.ndarray, Agreement]:
     """The device's label map for ``x`` and how it agrees with PyTorch on this machine."""
-    labels = run_on_device(directory, device, x, tracker)
+    labels = run_on_device(directory, device, x, tracker, function)
     return labels, agreement(labels, *host_reference(read_meta(directory), x))
 
 
