@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 from collections import Counter
@@ -107,6 +108,16 @@ def _lines(path: Path) -> list[str]:
 def measured_trials(work_dir: str | Path) -> int:
     """Tuning records in a work directory's database (one per measured candidate)."""
     return len(_lines(Path(work_dir) / RECORDS))
+
+
+def database_at(work_dir: str | Path, records: int, dest: str | Path) -> Path:
+    """``work_dir``'s database as it stood after its first ``records`` records (MetaSchedule
+    appends them in the order measured), written to ``dest``."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(Path(work_dir) / WORKLOADS, dest / WORKLOADS)
+    (dest / RECORDS).write_text("".join(f"{line}\n" for line in _lines(Path(work_dir) / RECORDS)[:records]))
+    return dest
 
 
 def database_digest(work_dir: str | Path) -> str | None:

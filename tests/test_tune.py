@@ -19,7 +19,7 @@ from tvm import relax
 
 from pipeline.deploy.runtime import load
 from pipeline.tune.job import TuneRequest, run_tune
-from schedules.tuning import RECORDS, WORKLOADS, build, record_target
+from schedules.tuning import RECORDS, WORKLOADS, build, database_at, record_target
 from tests.conftest import private_rpc_state, run_cli
 
 SIZE = (64, 96)
@@ -100,7 +100,8 @@ def test_host_tune_produces_agreeing_libraries_and_report(host_run):
     assert min(s["build_s"], s["measure_wait_s"], s["cost_model_s"]) > 0
     assert s["build_s"] + s["measure_wait_s"] + s["cost_model_s"] + s["search_s"] == pytest.approx(s["wall_s"], abs=0.5)
     assert s["wall_s"] <= spent["phases_s"]["search"] + 0.1 <= report["elapsed_s"]
-    assert set(spent["phases_s"]) == {"import", "untuned_tasks", "warm_start", "search", "builds", "measure", "profile"}
+    assert set(spent["phases_s"]) == {"import", "untuned_tasks", "warm_start", "search", "builds", "measure", "profile",
+                                      "onnxruntime"}
     assert report["warm_start"] is None and "Begun from scratch" in md
     assert "Where this run's" in md and "waiting for the device's measurements" in md
     # The tuning curve: the best-kernels sum never rises with trials; end to end untuned at 0, tuned now.
@@ -125,6 +126,29 @@ def test_host_tune_produces_agreeing_libraries_and_report(host_run):
     x = np.random.default_rng(0).standard_normal((1, 3, *SIZE)).astype(np.float32)
     assert np.array_equal(load(result.artifact)(x), load(result.artifact / "untuned")(x))
     assert any("trials" in line for line in logs)
+
+
+def test_the_report_says_when_a_library_first_matched_onnxruntime(host_run, tmp_path):
+    """ONNX Runtime timed in turns with libraries built from the database as it stood at
+    earlier points of the curve: whatever the timings, the answer is the first point probed
+    no slower, and the point before it was probed slower (or it is the first)."""
+    result, _ = host_run
+    report = result.report
+    c = report["onnxruntime"]
+    assert c["measured"] is True and c["threads"] == 1 and c["onnxruntime_ms"] > 0
+    points = [n for n, _ms in report["curve"]["best_kernels_ms"] if n > 0]
+    probes = {p["records"]: p["tvm_ms"] <= p["onnxruntime_ms"] for p in c["probes"]}
+    assert set(probes) <= set(points) and points[-1] in probes and len(probes) == len(c["probes"])
+    if c["records"] is None:
+        assert list(probes.items()) == [(points[-1], False)]
+    elif c["records"] > 0:
+        i = points.index(c["records"])
+        assert probes[c["records"]] and (i == 0 or probes[points[i - 1]] is False)
+        assert c["minutes"] is None or 0 < c["minutes"] * 60 <= report["elapsed_s"]
+    assert "ONNX Runtime (same network and VIM tail" in (result.artifact / "report.md").read_text()
+    # A library at an earlier point is built from the database's first records, as measured.
+    work = Path(report["work_dir"])
+    assert _records(database_at(work, 3, tmp_path / "db")) == _records(work)[:3]
 
 
 def test_several_input_sizes_are_tuned_in_one_run(dirs, host_run):
@@ -292,6 +316,7 @@ def test_emulated_sd855_tune_is_correct(dirs):
     assert any("EMULATED" in line for line in logs)
     assert "EMULATED" in (result.artifact / "report.md").read_text()
     assert len(report["profile"]) == 11 and report["gflops"]["peak_gflops"] is None  # no peak for an emulator
+    assert report["onnxruntime"]["measured"] is False and "not this machine" in report["onnxruntime"]["why"]
 
 
 def _export_naming_the_worker(mod) -> str:  # noqa: ANN001

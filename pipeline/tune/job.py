@@ -189,6 +189,7 @@ def _measure_and_report(run, req: TuneRequest, modules: dict, tasks: list, untun
     from model.image import sample_image_path
     from pipeline.common.inputs import load_input
     from pipeline.tune import steps
+    from pipeline.tune.crossing import onnxruntime_crossing
     from pipeline.tune.measure import time_tasks
     from pipeline.tune.parts import profile_parts
     from pipeline.tune.report import tuning_curve, tuning_report, write_report
@@ -216,10 +217,13 @@ def _measure_and_report(run, req: TuneRequest, modules: dict, tasks: list, untun
             parts = profile_parts(device, model, x, run.spec, work)
 
     curve = tuning_curve(tasks, work, untuned, timings, run.clock)
+    with run.phase("onnxruntime"):
+        crossing = onnxruntime_crossing(run, modules["main"], curve, x, timings["untuned"]["median_ms"],
+                                        built["tuned"].directory / "model.so", weights, before)
     padding = padding_placements(tasks, device.tvm_target(), work.path)
     report = tuning_report(run, req, tasks, timings, conditions, checks, untuned, tuned_tasks, parts, k_present,
                            before, curve, padding)
-    report["entries"] = entries
+    report["entries"], report["onnxruntime"] = entries, crossing
     write_report(run.out_dir, report)
     work.save_report(report)
     run.log(f"untuned {report['untuned']['median_ms']:.1f} ms, tuned {report['tuned']['median_ms']:.1f} ms "

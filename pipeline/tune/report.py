@@ -127,6 +127,7 @@ def markdown(report: dict) -> str:
         lines += [f"Network: {g['network_gflop']:.2f} GFLOP (convolutions and matmuls); tuned "
                   f"{g['tuned_gflops']:.1f} GFLOP/s, untuned {g['untuned_gflops']:.1f} GFLOP/s{peak}.", ""]
     lines += curve_lines(report.get("curve"))
+    lines += crossing_lines(report.get("onnxruntime"))
     lines += warm_lines(report.get("warm_start"))
     lines += time_lines(report)
     if report.get("profile"):
@@ -282,6 +283,23 @@ def curve_lines(curve: dict | None) -> list[str]:
             f"{gain:.1%}, the last quarter (from {nq}) {late:.1%}.{when}", ""]
 
 
+def crossing_lines(crossing: dict | None) -> list[str]:
+    """When the run first held a library at least as fast as ONNX Runtime (``pipeline.tune.crossing``)."""
+    if not crossing or not crossing.get("measured"):
+        return [f"ONNX Runtime not timed: {crossing['why']}.", ""] if crossing else []
+    ort = (f"ONNX Runtime (same network and VIM tail, {crossing['threads']} thread(s), timed in turns with each "
+           f"library): {crossing['onnxruntime_ms']:.2f} ms.")
+    probes = "; ".join(f"{p['records']}: {p['tvm_ms']:.2f} against {p['onnxruntime_ms']:.2f} ms"
+                       for p in crossing["probes"])
+    if crossing["records"] is None:
+        return [f"{ort} Not even the tuned library was as fast ({probes}).", ""]
+    when = ("" if crossing["minutes"] is None else
+            f", {crossing['minutes']:.1f} minutes into this run")
+    return [f"{ort} The first library at least as fast was the database's after {crossing['records']} records"
+            f"{when} (binary search over the tuning curve's points; libraries by records in the database: "
+            f"{probes}).", ""]
+
+
 def warm_lines(warm: dict | None) -> list[str]:
     """Where a run begun from the records store took its records from."""
     if not warm:
@@ -296,7 +314,7 @@ def warm_lines(warm: dict | None) -> list[str]:
 PHASES = {"import": "import and task extraction", "untuned_tasks": "timing the kernels untuned",
           "warm_start": "re-measuring the records store's schedules",
           "builds": "building the libraries", "measure": "checking and measuring them",
-          "profile": "the profile by part"}
+          "profile": "the profile by part", "onnxruntime": "finding when the library matched ONNX Runtime"}
 
 
 def time_lines(report: dict) -> list[str]:
@@ -390,6 +408,22 @@ def _wall_marks(ax, wall: list[list[float]], best: list[list[float]]) -> None:  
         ax.annotate(f"{m} min", (xi, yi), textcoords="offset points", xytext=(2, 6), fontsize=7)
 
 
+def _crossing_marks(ax, crossing: dict | None) -> None:  # noqa: ANN001 - matplotlib Axes
+    """ONNX Runtime's latency as a line, the libraries timed against it, and the first at least as fast."""
+    if not crossing or not crossing.get("measured"):
+        return
+    ax.axhline(crossing["onnxruntime_ms"], color="#2ca02c", linestyle=":", label="ONNX Runtime (same run)")
+    probes = crossing["probes"]
+    ax.plot([p["records"] for p in probes], [p["tvm_ms"] for p in probes], "x", color="#2ca02c",
+            label="library at that point, timed against ONNX Runtime")
+    first = next((p for p in probes if p["records"] == crossing["records"]), None)
+    if first:
+        minutes = "" if crossing["minutes"] is None else f", {crossing['minutes']:.1f} min"
+        ax.annotate(f"as fast as ONNX Runtime ({first['records']} records{minutes})",
+                    (first["records"], first["tvm_ms"]), textcoords="offset points", xytext=(4, -14), fontsize=7,
+                    color="#2ca02c")
+
+
 def _plot(report: dict, path: Path) -> None:
     import matplotlib
 
@@ -425,6 +459,7 @@ def _plot(report: dict, path: Path) -> None:
         ax4.set(xlabel="trials in the database", ylabel="ms (log scale)", title="tuning curve")
         if len(curve.get("wall_s") or []) >= 2:
             _wall_marks(ax4, curve["wall_s"], curve["best_kernels_ms"])
+        _crossing_marks(ax4, report.get("onnxruntime"))
         ax4.grid(True, which="both", alpha=0.3)
         ax4.legend(fontsize=7)
     fig.tight_layout()

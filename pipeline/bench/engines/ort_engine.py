@@ -136,6 +136,20 @@ class _Runner:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self._session.run([self._output], {self._input: x})[0]
 
+    def bound(self, x: np.ndarray) -> Callable[[], None]:
+        """A run on ``x`` with the input and the output bound in place, no copies, as TVM's
+        time evaluator runs a library (``pipeline.tune.crossing``)."""
+        import onnxruntime as ort
+
+        value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(x, np.float32))  # holds the array
+        binding = self._session.io_binding()
+        binding.bind_ortvalue_input(self._input, value)
+        binding.bind_output(self._output)
+        self._session.run_with_iobinding(binding)  # ONNX Runtime allocates the output once, kept below
+        binding.bind_ortvalue_output(self._output, binding.get_outputs()[0])
+        self._bound = (binding, value)  # the binding reads the input's memory: keep both while this runner lives
+        return lambda: self._session.run_with_iobinding(binding)
+
     def profile(self, x: np.ndarray, runs: int) -> list[dict]:
         session = self._open(str(self._path.with_name("ort-profile")))
         for _ in range(runs + 1):
