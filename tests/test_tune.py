@@ -126,6 +126,8 @@ def test_host_tune_produces_agreeing_libraries_and_report(host_run):
     x = np.random.default_rng(0).standard_normal((1, 3, *SIZE)).astype(np.float32)
     assert np.array_equal(load(result.artifact)(x), load(result.artifact / "untuned")(x))
     assert any("trials" in line for line in logs)
+    # One input size: no other entry to time (and no session opened for none).
+    assert report["entries"] == [] and not any("of the untuned and tuned libraries" in line for line in logs)
 
 
 def test_the_report_says_when_a_library_first_matched_onnxruntime(host_run, tmp_path):

@@ -18,6 +18,7 @@ before ``from_onnx``, which has no such hook):
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from collections.abc import Sequence
@@ -140,9 +141,18 @@ def export_onnx(model: torch.nn.Module, input_shape: InputShape, path: str | Pat
     """One self-contained ``.onnx`` file (weights inside) with a static input shape,
     from torch's dynamo exporter (which also folds the positional-embedding resizes)."""
     path = Path(path)
-    with torch.no_grad():
-        program = torch.onnx.export(model.eval(), _example(input_shape), dynamo=True, opset_version=opset,
-                                    input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT], verbose=False)
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    # The exporter's notes that torchvision's ops are not registered (it is not installed) and
+    # torch's deprecation chatter: nothing a user of this export can act on.
+    exporter_log.setLevel(logging.ERROR)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            program = torch.onnx.export(model.eval(), _example(input_shape), dynamo=True, opset_version=opset,
+                                        input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT], verbose=False)
+    finally:
+        exporter_log.setLevel(level)
     with atomic_path(path) as tmp:
         program.save(tmp, external_data=False)
     return path

@@ -21,7 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROUNDS = 10  # turns per comparison, one timed run of each library per turn
+ROUNDS = 10  # turns per comparison, one timed run of each library per turn, after a warm-up run
+# Before each turn: right after one runtime's run the other ran slower for a few tenths of a
+# second (Base at two threads, in turns with 0.05 s between them: ONNX Runtime 40 to 71 ms
+# against 21 to 25 alone, TVM 19 to 25 against 12 to 16; with 0.3 s, 24 and 15).
+SETTLE_S = 0.3
 
 
 def onnxruntime_crossing(run, module, curve: dict, x: np.ndarray, untuned_ms: float,  # noqa: ANN001 - steps.Run, IRModule
@@ -105,16 +109,20 @@ def _library_at(run, module, records: int, tmp: Path) -> Path:  # noqa: ANN001
 
 
 def _turns(tvm: Callable[[], float], onnxruntime: Callable[[], float]) -> tuple[float, float]:
-    """Medians (ms) of ``ROUNDS`` turns, each timing one run of either, in alternating order."""
+    """Medians (ms) of ``ROUNDS`` turns, each timing one run of either (after ``SETTLE_S``), in
+    alternating order."""
     times: tuple[list[float], list[float]] = ([], [])
     for i in range(ROUNDS):
         for j in (0, 1) if i % 2 == 0 else (1, 0):
+            time.sleep(SETTLE_S)
             times[j].append((tvm, onnxruntime)[j]())
     return statistics.median(times[0]), statistics.median(times[1])
 
 
 def _timed(run: Callable[[], None], cores: list[int] | None) -> float:
+    """One run after a warm-up run, as TVM's time evaluator times a library."""
     with _pinned(cores):
+        run()
         t0 = time.perf_counter()
         run()
         return (time.perf_counter() - t0) * 1e3

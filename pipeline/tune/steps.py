@@ -350,6 +350,8 @@ def measure_entries(run: Run, built: dict[str, Built], inputs: dict[str, np.ndar
     """A library of several sizes: each entry after the default, untuned against tuned,
     timed interleaved and checked as the default one is (``inputs``: each entry's ``main``
     function and its input)."""
+    if not inputs:
+        return []
     libraries = {name: built[name].directory / "model.so" for name in ("untuned", "tuned")}
     run.log(f"measuring {', '.join(inputs)} of the untuned and tuned libraries ({rounds} rounds)")
     timings, labels, _ = measure_functions(run.device, libraries, inputs, rounds)
