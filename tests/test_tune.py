@@ -17,6 +17,7 @@ import pytest
 import tvm
 from tvm import relax
 
+from pipeline.bench.engines.ort_engine import bound_run
 from pipeline.deploy.runtime import load
 from pipeline.tune.job import TuneRequest, run_tune
 from schedules.tuning import RECORDS, WORKLOADS, build, database_at, record_target
@@ -41,7 +42,7 @@ def _tune(dirs, **kw):
     logs: list[str] = []
     with contextlib.redirect_stdout(io.StringIO()) as console:
         result = run_tune(TuneRequest(model="tiny", input_size=SIZE, **kw), log=logs.append, work_root=work,
-                          out_root=out, rounds=3)
+                          out_root=out, rounds=3, peer=bound_run)
     # MetaSchedule's own logs go to the work directory, in every tuning call (both phases).
     assert "[INFO]" not in console.getvalue()
     return result, logs

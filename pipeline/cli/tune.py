@@ -53,6 +53,7 @@ def tune(model_name: str, device: str, tracker: str | None, trials: int | None, 
     libraries, check they agree, measure both and write the report.
 
     The last line printed is the tuned artifact's directory."""
+    from pipeline.bench.engines.ort_engine import bound_run
     from pipeline.common.shapes import parse_sizes
     from pipeline.tune.job import TuneRequest, run_tune
     from pipeline.tune.workdir import list_work_dirs
@@ -73,7 +74,7 @@ def tune(model_name: str, device: str, tracker: str | None, trials: int | None, 
                       **{k: v for k, v in given.items() if v is not None})
     # The weights note comes once the run holds its work directory (a refused run prints one line).
     result = run_tune(req, log=click.echo, work_root=work_root, out_root=out_root,
-                      on_start=lambda: note_weights(weights))
+                      on_start=lambda: note_weights(weights), peer=bound_run)
     click.echo(f"report: {result.artifact}/report.md")
     click.echo(str(result.artifact))
 

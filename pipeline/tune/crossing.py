@@ -1,7 +1,8 @@
 """When a tuning run first held a library at least as fast as ONNX Runtime.
 
 Only where the device is this machine (the host profile, locally): ONNX Runtime runs the
-peer benchmark's export of the same network and label tail (``ort_engine.write_onnx``) in
+peer benchmark's export of the same network and label tail (``Run.peer``: the command line
+gives ``pipeline.bench.engines.ort_engine.bound_run``, a stage this one does not import) in
 this process, pinned to the cores of the device's server, at the device's thread count.
 Libraries built from the database as it stood after N records (``tuning.database_at``) are
 timed in turns with it, and a binary search over the tuning curve's points finds the first
@@ -39,6 +40,8 @@ def onnxruntime_crossing(run, module, curve: dict, x: np.ndarray, untuned_ms: fl
 
     if run.device.config.mode != "local" or not load_profile(run.device.name).is_host:
         return {"measured": False, "why": "ONNX Runtime runs on this machine, and the device is not this machine"}
+    if run.peer is None:
+        return {"measured": False, "why": "no ONNX Runtime was given to this run (`ppmseg tune` gives it)"}
     points = [n for n, _ms in curve["best_kernels_ms"] if n > 0]
     if not points:
         return {"measured": False, "why": "the database holds no records"}
@@ -63,7 +66,7 @@ def _search(run, module, x: np.ndarray, untuned_ms: float, points: list[int], tu
         session.set_threads(run.device.threads)
         cores = session.pinned()
         with _pinned(cores):
-            onnxruntime = _onnxruntime(run, x, weights, tmp)
+            onnxruntime = run.peer(run.spec.model, weights, x, run.device.threads, tmp / "onnxruntime")
 
         def no_slower(records: int, library: Path) -> bool:
             session.load(library, slot="probe")
@@ -84,17 +87,6 @@ def _search(run, module, x: np.ndarray, untuned_ms: float, points: list[int], tu
             else:
                 slower = mid
     return probes, points[faster]
-
-
-def _onnxruntime(run, x: np.ndarray, weights: str | None, tmp: Path) -> Callable[[], None]:  # noqa: ANN001
-    """A run of ONNX Runtime on ``x`` (bound in place, warmed up): the run's model and tail
-    as the peer benchmark has them."""
-    from pipeline.bench.engines import ort_engine
-
-    spec = {"model": run.spec.model, "checkpoint": weights, "input_size": list(x.shape[2:]),
-            "artifact_dir": str(tmp / "onnxruntime"), "threads": run.device.threads, "output": "labels"}
-    ort_engine.write_onnx(spec)
-    return ort_engine.load(spec).bound(x)
 
 
 def _library_at(run, module, records: int, tmp: Path) -> Path:  # noqa: ANN001

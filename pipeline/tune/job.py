@@ -111,10 +111,11 @@ class TuneResult:
 
 def run_tune(req: TuneRequest, log: Callable[[str], None] = print, work_root: Path | None = None,
              out_root: Path | None = None, rounds: int = MEASURE_ROUNDS,
-             on_start: Callable[[], None] = lambda: None) -> TuneResult:
+             on_start: Callable[[], None] = lambda: None, peer: Callable | None = None) -> TuneResult:
     """The whole job; returns the tuned artifact directory (with ``untuned/`` and the report).
     One run per work directory at a time; the local RPC processes it started are stopped
-    when it ends, however it ends."""
+    when it ends, however it ends. ``peer`` runs ONNX Runtime for the report's comparison
+    (``steps.Run.peer``)."""
     from rpc.connect import connect_device
     from rpc.devices import load_profile
 
@@ -130,7 +131,7 @@ def run_tune(req: TuneRequest, log: Callable[[str], None] = print, work_root: Pa
         try:
             work.check_target(device.tvm_target())
             with handling(interrupt, signal.SIGTERM):
-                return _tune_and_report(req, device, work, out_dir, log, rounds)
+                return _tune_and_report(req, device, work, out_dir, log, rounds, peer)
         except KeyboardInterrupt:
             log(f"interrupted: {work.path} keeps its {work.measured_trials()} records; "
                 "run the same command again to resume")
@@ -140,7 +141,7 @@ def run_tune(req: TuneRequest, log: Callable[[str], None] = print, work_root: Pa
 
 
 def _tune_and_report(req: TuneRequest, device, work: WorkDir, out_dir: Path,  # noqa: ANN001 - rpc.connect.Device
-                     log: Callable[[str], None], rounds: int) -> TuneResult:
+                     log: Callable[[str], None], rounds: int, peer: Callable | None) -> TuneResult:
     from model.weights import load_model
     from pipeline.compile.build import build_spec
     from pipeline.tune import steps
@@ -149,7 +150,7 @@ def _tune_and_report(req: TuneRequest, device, work: WorkDir, out_dir: Path,  # 
     model = load_model(req.model, req.weights)
     spec = build_spec(req.model, model, req.input_size, device.config, req.weights, req.upsample, graph=req.graph,
                       other_sizes=req.other_sizes)
-    run = steps.Run(device, work, out_dir, model, spec, log, req.device_wait, t_start)
+    run = steps.Run(device, work, out_dir, model, spec, log, req.device_wait, t_start, peer=peer)
     with run.phase("import"):
         modules = steps.import_modules(run)
         tasks = steps.extract(run, modules)

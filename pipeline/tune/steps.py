@@ -60,6 +60,9 @@ class Run:
     phases_s: dict[str, float] = field(default_factory=dict)  # wall time of each step, by name
     warm: dict | None = None  # the warm start's record (WorkDir.warm_start), None from scratch
     budget: int = 0  # the search's trial budget (the records it ends with)
+    # ONNX Runtime for the report's comparison (``crossing.py``): (model, weights, input, threads,
+    # directory) -> a run, bound in place; None leaves the comparison out
+    peer: Callable[[str, str | None, np.ndarray, int, Path], Callable[[], None]] | None = None
     clock: list[list[float]] = field(default_factory=list)  # [records in the database, seconds into the run]
 
     @contextmanager

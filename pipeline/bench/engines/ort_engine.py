@@ -85,6 +85,16 @@ def write_onnx(spec: dict) -> dict[str, Path]:
     return paths
 
 
+def bound_run(model: str, weights: str | None, x: np.ndarray, threads: int, directory: Path) -> Callable[[], None]:
+    """A warmed-up run of ONNX Runtime on ``x``, ``model``'s network and label tail exported
+    into ``directory``, input and output bound in place: what ``ppmseg tune`` gives its
+    report's comparison (``pipeline.tune.crossing``)."""
+    spec = {"model": model, "checkpoint": weights, "input_size": list(x.shape[2:]), "artifact_dir": str(directory),
+            "threads": threads, "output": "labels"}
+    write_onnx(spec)
+    return load(spec).bound(x)
+
+
 def prepare(spec: dict) -> dict:
     write_onnx(spec)
     return {"files": [ONNX_FILES["labels"]], "counts": "model.onnx (weights inside)"}
