@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from pipeline.cli.options import ARTIFACT_OPTION, DEVICE_OPTION, TRACKER_OPTION
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def _input_for(artifact_meta: dict, input_path: Path):  # noqa: ANN202
@@ -30,9 +34,9 @@ def _entry_input(meta: dict, entry: str | None, input_path: Path):  # noqa: ANN2
     return function, x
 
 
-def _placed_input(meta: dict, entry: str | None, input_path: Path):  # noqa: ANN202
+def _placed_input(meta: dict, entry: str | None, input_path: Path, image: np.ndarray | None = None):  # noqa: ANN202
     """``_entry_input``, and for an image placed in an entry the part of the label map that is
-    the image (None otherwise)."""
+    the image (None otherwise); ``image``: the input already decoded."""
     from model.image import read_image
     from pipeline.common.inputs import parse_size
     from pipeline.common.shapes import letterbox
@@ -55,22 +59,17 @@ def _placed_input(meta: dict, entry: str | None, input_path: Path):  # noqa: ANN
         from pipeline.common.inputs import load_tensor
 
         return chosen["main"], load_tensor(input_path, tuple(size)).numpy(), None
-    x, placed = letterbox(read_image(input_path), tuple(size), meta["mean"], meta["std"])
+    x, placed = letterbox(read_image(input_path) if image is None else image, tuple(size), meta["mean"], meta["std"])
     return chosen["main"], x, placed
 
 
-def _nearest_entry(meta: dict, input_path: Path) -> str | None:
-    """For an image and a library of several sizes: the size (``HxW``) of the entry nearest
-    the image's aspect ratio, where the runtime would run it; None otherwise."""
-    from model.image import read_image
+def _nearest_entry(meta: dict, image: np.ndarray) -> str:
+    """The size (``HxW``) of the entry nearest the image's aspect ratio, where the runtime runs it."""
     from pipeline.common.shapes import nearest_entry
     from pipeline.compile.artifact import entries
 
     listed = [e["input_shape"][2:] for e in entries(meta)]
-    if len(listed) == 1 or input_path.suffix.lower() == ".npy":
-        return None
-    height, width = read_image(input_path).shape[:2]
-    return "x".join(map(str, listed[nearest_entry(height, width, listed)]))
+    return "x".join(map(str, listed[nearest_entry(*image.shape[:2], listed)]))
 
 
 @click.command()
@@ -104,12 +103,17 @@ def run(artifact: Path, input_path: Path, output: Path, device: str | None, trac
                      else read_image(input_path))
     else:
         from model.image import read_image, resize_labels
+        from pipeline.compile.artifact import entries
         from pipeline.deploy.remote import TIE, run_and_compare
 
-        function, x, placed = _placed_input(meta, _nearest_entry(meta, input_path), input_path)
+        # An image in a library of several sizes goes to its nearest entry, as the runtime places it.
+        image = (read_image(input_path) if len(entries(meta)) > 1 and input_path.suffix.lower() != ".npy"
+                 else None)
+        entry = None if image is None else _nearest_entry(meta, image)
+        function, x, placed = _placed_input(meta, entry, input_path, image)
         labels, a = run_and_compare(artifact, device, x, tracker, function)
         if placed is not None:  # as the runtime: the image's part, back at the image's size
-            labels = resize_labels(labels[:placed[0], :placed[1]], read_image(input_path).shape[:2])
+            labels = resize_labels(labels[:placed[0], :placed[1]], image.shape[:2])
         where = (f"{device}{' (emulated)' if tracker is None and meta.get('emulated') else ''}"
                  f"{'' if function == 'main' else f' {function}'}")
         click.echo(f"{where} vs PyTorch on this machine: {a.equal:.4%} of pixels equal, "
