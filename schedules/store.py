@@ -11,7 +11,9 @@ A file is one gzip'd JSON object: ``format``, ``tvm``, ``source`` (where the rec
 from: model, input, threads, graph variant, device, CPU, trials, date), ``target`` (the
 LLVM target they were measured for), ``features`` (its LLVM CPU features), and ``records``:
 for each workload (MetaSchedule's key, the structural hash of the kernel), its best
-``[trace, ms]`` pairs, fastest first.
+``[trace, ms]`` pairs, fastest first; and ``kernels``: for each workload, its ``family`` and
+argument ``shapes`` (``schedules.siblings``), so a kernel the store lacks can start from a
+sibling's records (files written before it have none).
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from __future__ import annotations
 import gzip
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import tvm
 
-from schedules.tuning import records
+from schedules import siblings
+from schedules.tuning import WORKLOADS, records
 
 FORMAT = 1
 STORE = Path(__file__).resolve().parent / "records"  # the project's, in the repository
@@ -50,6 +53,7 @@ class RecordFile:
     features: frozenset[str]
     tvm: str
     records: dict[str, list[tuple[object, float]]]  # workload key -> [(trace JSON, ms)], fastest first
+    kernels: dict[str, dict] = field(default_factory=dict)  # workload key -> {"family", "shapes"}
 
     @property
     def name(self) -> str:
@@ -81,7 +85,7 @@ def load(path: Path) -> RecordFile:
             raise ValueError(f"format {data.get('format')!r}, expected {FORMAT}")
         records = {k: [(t, float(ms)) for t, ms in v] for k, v in data["records"].items()}
         return RecordFile(Path(path), data["source"], data["target"], frozenset(data["features"]), data["tvm"],
-                          records)
+                          records, data.get("kernels", {}))
     except (OSError, EOFError, ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path} is not a records file of this project ({e})") from None
 
@@ -117,6 +121,18 @@ def best_records(work_dir: str | Path, keep: int = KEEP) -> dict[str, list[tuple
     return {k: sorted(v.values(), key=lambda r: r[1])[:keep] for k, v in found.items()}
 
 
+def kernels(work_dir: str | Path, keys: set[str]) -> dict[str, dict]:
+    """Each of ``keys``'s family and argument shapes, from the database's workloads."""
+    from tvm.s_tir import meta_schedule as ms
+
+    found = {}
+    for entry in map(json.loads, filter(str.strip, (Path(work_dir) / WORKLOADS).read_text().splitlines())):
+        if entry[0] in keys:
+            mod = ms.database.Workload.from_json(entry).mod
+            found[entry[0]] = {"family": siblings.family(mod), "shapes": siblings.arg_shapes(mod)}
+    return found
+
+
 def file_name(source: dict, target: dict) -> str:
     """``<device>-<cpu>-<model>-<HxW>-t<threads><variant>.json.gz``: one file per key."""
     h, w = source["input"]
@@ -133,5 +149,6 @@ def encode(work_dir: str | Path, target: dict, source: dict) -> bytes:
     plain = {k: v if isinstance(v, (str, int, float)) else [str(x) for x in v] for k, v in target.items()
              if k in ("kind", "mtriple", "mcpu", "mattr", "num-cores")}
     data = {"format": FORMAT, "tvm": tvm.__version__, "source": source, "target": plain,
-            "features": features(plain), "records": {k: [[t, round(ms, 6)] for t, ms in v] for k, v in records.items()}}
+            "features": features(plain), "records": {k: [[t, round(ms, 6)] for t, ms in v] for k, v in records.items()},
+            "kernels": kernels(work_dir, set(records))}
     return gzip.compress(json.dumps(data, separators=(",", ":")).encode(), mtime=0)

@@ -1,7 +1,9 @@
 """A tuning run started from the records store (``schedules.store``): the stored schedules
 of each task are re-measured on the device and committed to the run's database (a record is
 a candidate until this device has timed it), and the search's cost model is trained on the
-stored records before the first round, so that round is not a random sample."""
+stored records before the first round, so that round is not a random sample. A kernel no file
+has starts from its nearest sibling's records (the same kernel at other shapes,
+``schedules.siblings``), replayed on its own shapes."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.utils import remove_build_dir
 from tvm.s_tir.schedule import Trace
 
+from schedules import siblings
 from schedules.store import RecordFile
 from schedules.tuning import trials_per_task, workload_key
 
@@ -22,25 +25,41 @@ REMEASURE = 2  # stored candidates re-measured per task: the closest file's fast
 
 @dataclass
 class Prior:
-    """The stored records of a run's tasks, each workload's from the closest file that has it."""
+    """The stored records of a run's tasks, each workload's from the closest file that has it,
+    else from its nearest sibling in the closest file of the same model (siblings across models
+    differ in channels, whose schedules have not been shown to carry over)."""
 
     records: dict[str, list[tuple[object, float]]] = field(default_factory=dict)  # key -> [(trace, ms)]
     origin: dict[str, str] = field(default_factory=dict)  # key -> the file's name
+    transferred: set[str] = field(default_factory=set)  # keys whose records are a sibling's
 
     @classmethod
-    def gather(cls, files: list[RecordFile], tasks: list[ms.ExtractedTask]) -> Prior:
-        """``files`` closest first."""
+    def gather(cls, files: list[RecordFile], tasks: list[ms.ExtractedTask], model: str) -> Prior:
+        """``files`` closest first; ``model`` the run's."""
         prior = cls()
         for task in tasks:
             key = workload_key(task)
-            for f in files:
-                if key in f.records:
-                    prior.records[key], prior.origin[key] = f.records[key], f.name
-                    break
+            found = next((f for f in files if key in f.records), None)
+            if found is not None:
+                prior.records[key], prior.origin[key] = found.records[key], found.name
+            elif (sibling := _sibling([f for f in files if f.source.get("model") == model], task)) is not None:
+                prior.records[key], prior.origin[key] = sibling
+                prior.transferred.add(key)
         return prior
 
     def for_task(self, task: ms.ExtractedTask) -> list[tuple[object, float]]:
         return self.records.get(workload_key(task), [])
+
+
+def _sibling(files: list[RecordFile], task: ms.ExtractedTask) -> tuple[list, str] | None:
+    """The records of ``task``'s nearest sibling in the closest file that has one, and its name."""
+    mod = task.dispatched[0]
+    kin, shapes = siblings.family(mod), siblings.arg_shapes(mod)
+    for f in files:
+        same = {k: info["shapes"] for k, info in f.kernels.items() if info["family"] == kin and k in f.records}
+        if (key := siblings.closest(shapes, same)) is not None:
+            return f.records[key], f.name
+    return None
 
 
 def candidate(task: ms.ExtractedTask, trace: object) -> ms.MeasureCandidate | None:

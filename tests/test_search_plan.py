@@ -96,7 +96,7 @@ def test_several_input_sizes_grow_the_budget_with_their_distinct_kernels():
     --trials still sets the total, and the work directory and command name every size."""
     phone = TuneRequest(model="tiny", other_sizes=((512, 704), (704, 512)))
     assert phone.scaled_budget(105, 105) == 1600 and phone.scaled_budget(294, 105) == 4480
-    assert phone.warm_budget(202, 189 / 294, 294, 105) == 202 + 160 + 2880
+    assert phone.warm_budget(202, 189 / 294, 294, 105) == 202 + 448 + 2880
     assert TuneRequest(trials=300, other_sizes=((512, 704),)).scaled_budget(294, 105) == 300
     assert phone.work_dir(1).path.name == "tiny-host-512x512+512x704+704x512-t1"
     assert " INPUT=512x512,512x704,704x512 " in phone.command(1)

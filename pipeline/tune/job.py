@@ -26,8 +26,9 @@ from pipeline.tune.workdir import WorkDir
 # an hour on a 2-core machine.
 DEFAULT_TRIALS = {"tiny": 1600, "base": 2000}
 # Started from the records store (steps.warm_start), the search adds this many trials to
-# the re-measured records (the heaviest kernels get a round or two more), plus the
-# from-scratch budget's share of the kernels the store had nothing for.
+# the re-measured records (the heaviest kernels get a round or two more; grown in proportion
+# with the kernels other input sizes add), plus the from-scratch budget's share of the kernels
+# the store had nothing for.
 WARM_TRIALS = {"tiny": 160, "base": 200}
 # ``--search`` (steps.plan): "plain" gives the whole budget to one MetaSchedule call over every
 # kernel (its own task scheduler); "focused" gives every kernel a first round, then the rest of
@@ -81,7 +82,8 @@ class TuneRequest:
         the store had nothing for the share ``uncovered`` of the kernels."""
         if self.trials is not None:
             return self.trials
-        return remeasured + WARM_TRIALS[self.model] + round(uncovered * self.scaled_budget(tasks, default_tasks))
+        return (remeasured + round(WARM_TRIALS[self.model] * tasks / default_tasks)
+                + round(uncovered * self.scaled_budget(tasks, default_tasks)))
 
     @property
     def variant(self) -> str:

@@ -305,9 +305,11 @@ def warm_lines(warm: dict | None) -> list[str]:
     if not warm:
         return ["Begun from scratch (no records from the store).", ""]
     per_file = ", ".join(f"{n} from `{f}`" for f, n in sorted(warm.get("committed", {}).items()))
+    siblings = (f"; {warm['transferred']} of those kernels had no record of their own and took their nearest "
+                "sibling's (the same kernel at other shapes)" if warm.get("transferred") else "")
     return [f"Begun from the records store: {warm.get('remeasured', 0)} stored schedules of {warm.get('tasks', 0)} "
-            f"kernels re-measured on this device in {warm.get('seconds', 0):.0f} s ({per_file or 'none measured'}); "
-            "the search's cost model was trained on the stored records first.", ""]
+            f"kernels re-measured on this device in {warm.get('seconds', 0):.0f} s ({per_file or 'none measured'})"
+            f"{siblings}; the search's cost model was trained on the stored records first.", ""]
 
 
 # What the report calls the steps of a run (``Run.phases_s``).

@@ -282,17 +282,18 @@ def warm_start(run: Run, tasks: list) -> object | None:
     target = run.device.tvm_target()
     files = store.usable(target, run.spec.model)
     files = [f for f in files if marker is None or f.name in marker["files"]]
-    prior = warm.Prior.gather(files, tasks)
+    prior = warm.Prior.gather(files, tasks, run.spec.model)
     if not prior.records:
         return None
     if marker is None or "remeasured" not in marker:
         names = sorted(set(prior.origin.values()))
         run.work.save_warm_start({"files": names})
         run.log(f"warm start: re-measuring the stored schedules of {len(prior.records)} of {len(tasks)} kernels "
-                f"({', '.join(names)})")
+                f"({len(prior.transferred)} from a sibling at other shapes; {', '.join(names)})")
         t0 = time.perf_counter()
         committed = _remeasure(run, tasks, prior, target)
-        marker = {"files": names, "tasks": len(prior.records), "remeasured": run.work.measured_trials(),
+        marker = {"files": names, "tasks": len(prior.records), "transferred": len(prior.transferred),
+                  "remeasured": run.work.measured_trials(),
                   "committed": dict(committed), "seconds": round(time.perf_counter() - t0, 1)}
         run.work.save_warm_start(marker)
     run.warm = marker

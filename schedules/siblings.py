@@ -1,0 +1,42 @@
+"""Kernels that differ only in their shapes: the same TIR with other integer constants, such as
+one convolution at two input sizes. A schedule tuned for one replays on its siblings (the
+blocked kernels split their loops by inner factors, so outer extents follow the shape), which
+is how a run at a new input size starts from the records of another size."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+
+import tvm
+from tvm.s_tir import meta_schedule as ms
+
+Shapes = list[list[int]]  # each argument's shape
+
+
+def family(mod: tvm.IRModule) -> str:
+    """What siblings share: the kernel's TVMScript with every number blanked, hashed."""
+    text = re.sub(r"\d+", "#", mod["main"].script())
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def arg_shapes(mod: tvm.IRModule) -> Shapes:
+    return [[int(d) for d in a.shape] for a in ms.arg_info.ArgInfo.from_prim_func(mod["main"])]
+
+
+def distance(a: Shapes, b: Shapes) -> float:
+    """How far apart two siblings' shapes are: the sum of |log| of each dimension's ratio (0:
+    the same shapes; one side of two arguments 1.375x longer: 0.64)."""
+    if len(a) != len(b) or any(len(x) != len(y) for x, y in zip(a, b, strict=True)):
+        return math.inf
+    pairs = (xy for sa, sb in zip(a, b, strict=True) for xy in zip(sa, sb, strict=True))
+    return sum(abs(math.log(max(x, 1) / max(y, 1))) for x, y in pairs)
+
+
+def closest(shapes: Shapes, candidates: dict[str, Shapes]) -> str | None:
+    """The key of the candidate whose shapes are nearest ``shapes`` (None if there is none)."""
+    if not candidates:
+        return None
+    key = min(sorted(candidates), key=lambda k: distance(shapes, candidates[k]))
+    return key if math.isfinite(distance(shapes, candidates[key])) else None
