@@ -220,9 +220,10 @@ def _measure_and_report(run, req: TuneRequest, modules: dict, tasks: list, untun
             parts = profile_parts(device, model, x, run.spec, work)
 
     curve = tuning_curve(tasks, work, untuned, timings, run.clock)
-    with run.phase("onnxruntime"):
-        crossing = onnxruntime_crossing(run, modules["main"], curve, x, timings["untuned"]["median_ms"],
-                                        built["tuned"].directory / "model.so", weights, before)
+    with run.phase("onnxruntime"):  # at the default size, so each probe builds that entry alone
+        crossing = onnxruntime_crossing(run, modules.get("default", modules["main"]), curve, x,
+                                        timings["untuned"]["median_ms"], built["tuned"].directory / "model.so",
+                                        weights, before)
     padding = padding_placements(tasks, device.tvm_target(), work.path)
     report = tuning_report(run, req, tasks, timings, conditions, checks, untuned, tuned_tasks, parts, k_present,
                            before, curve, padding)
