@@ -278,6 +278,8 @@ def test_a_run_begins_from_exported_records_remeasured_on_the_device(dirs, host_
     assert warm["files"] == [imported.name.removesuffix(".json.gz")]
     assert warm["tasks"] == len(stored) and 0 < warm["remeasured"] <= 2 * len(stored)
     assert warm["committed"] == {warm["files"][0]: warm["remeasured"]}
+    # The wall-time curve marks when re-measuring ended, so the ONNX Runtime moment can fall there.
+    assert result.report["curve"]["wall_s"][0][0] == warm["remeasured"]
     # The re-measured records come first in the new database, measured for this target.
     new = _records(Path(result.report["work_dir"]))
     assert result.report["trials"] == len(new) >= warm["remeasured"]

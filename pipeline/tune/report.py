@@ -280,8 +280,8 @@ def curve_lines(curve: dict | None) -> list[str]:
     nq, quarter = next(p for p in points if p[0] >= 0.75 * n1)
     gain, late = (half - last) / half if half else 0.0, (quarter - last) / quarter if quarter else 0.0
     clock = (curve or {}).get("wall_s") or []
-    when = (f" This run's search measured its records from {clock[0][0]:.0f} to {clock[-1][0]:.0f} between "
-            f"{clock[0][1] / 60:.1f} and {clock[-1][1] / 60:.1f} minutes into the run." if clock else "")
+    when = (f" The database held {clock[0][0]:.0f} records {clock[0][1] / 60:.1f} minutes into the run and "
+            f"{clock[-1][0]:.0f} at {clock[-1][1] / 60:.1f}." if clock else "")
     return [f"Tuning curve (report.png): the best-kernels sum went from {points[0][1]:.2f} ms at {n0} trials to "
             f"{half:.2f} ms at {nh} and {last:.2f} ms at {n1}; the second half of the trials took off "
             f"{gain:.1%}, the last quarter (from {nq}) {late:.1%}.{when}", ""]

@@ -296,6 +296,7 @@ def warm_start(run: Run, tasks: list) -> object | None:
                   "remeasured": run.work.measured_trials(),
                   "committed": dict(committed), "seconds": round(time.perf_counter() - t0, 1)}
         run.work.save_warm_start(marker)
+        run.clock.append([marker["remeasured"], round(time.perf_counter() - run.t_start, 1)])
     run.warm = marker
     return prior
 
