@@ -25,10 +25,18 @@ def arg_shapes(mod: tvm.IRModule) -> Shapes:
     return [[int(d) for d in a.shape] for a in ms.arg_info.ArgInfo.from_prim_func(mod["main"])]
 
 
+SPATIAL = (2, 3)  # the axes an input size changes: H and W in NCHW and blocked NCHWc alike
+
+
 def distance(a: Shapes, b: Shapes) -> float:
     """How far apart two siblings' shapes are: the sum of |log| of each dimension's ratio (0:
-    the same shapes; one side of two arguments 1.375x longer: 0.64)."""
+    the same shapes; one side of two arguments 1.375x longer: 0.64). Infinite unless they differ
+    only in the spatial axes: other channel counts are another kernel, whose schedules have not
+    been shown to carry over."""
     if len(a) != len(b) or any(len(x) != len(y) for x, y in zip(a, b, strict=True)):
+        return math.inf
+    if any(x != y for sa, sb in zip(a, b, strict=True) for i, (x, y) in enumerate(zip(sa, sb, strict=True))
+           if i not in SPATIAL):
         return math.inf
     pairs = (xy for sa, sb in zip(a, b, strict=True) for xy in zip(sa, sb, strict=True))
     return sum(abs(math.log(max(x, 1) / max(y, 1))) for x, y in pairs)

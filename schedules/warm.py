@@ -26,8 +26,8 @@ REMEASURE = 2  # stored candidates re-measured per task: the closest file's fast
 @dataclass
 class Prior:
     """The stored records of a run's tasks, each workload's from the closest file that has it,
-    else from its nearest sibling in the closest file of the same model (siblings across models
-    differ in channels, whose schedules have not been shown to carry over)."""
+    else from its nearest sibling (``schedules.siblings``: other spatial sizes, the same
+    channels) in the closest file of the same model."""
 
     records: dict[str, list[tuple[object, float]]] = field(default_factory=dict)  # key -> [(trace, ms)]
     origin: dict[str, str] = field(default_factory=dict)  # key -> the file's name

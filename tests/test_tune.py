@@ -276,7 +276,8 @@ def test_a_run_begins_from_exported_records_remeasured_on_the_device(dirs, host_
     warm = result.report["warm_start"]
     assert any("warm start: re-measuring" in line for line in logs)
     assert warm["files"] == [imported.name.removesuffix(".json.gz")]
-    assert warm["tasks"] == len(stored) and 0 < warm["remeasured"] <= 2 * len(stored)
+    # Every stored kernel exactly; kernels at other resolutions with the same channels through a sibling.
+    assert warm["tasks"] - warm["transferred"] == len(stored) and 0 < warm["remeasured"] <= 2 * warm["tasks"]
     assert warm["committed"] == {warm["files"][0]: warm["remeasured"]}
     # The wall-time curve marks when re-measuring ended, so the ONNX Runtime moment can fall there.
     assert result.report["curve"]["wall_s"][0][0] == warm["remeasured"]
@@ -305,11 +306,12 @@ def test_a_run_at_another_input_size_begins_from_the_siblings_records(dirs, host
     result, logs = _tune((work / "other-size", out / "other-size"), device="host", trials=12, profile=False,
                          input_size=(96, 64))
     warm, report = result.report["warm_start"], result.report
-    assert warm["transferred"] == warm["tasks"] == len(stored.records)  # each stored kernel has one sibling
+    assert warm["transferred"] > 0 and warm["tasks"] - warm["transferred"] <= len(stored.records)
     assert 0 < warm["remeasured"] <= 2 * warm["tasks"]
     new = _records(Path(report["work_dir"]))
     workloads = [json.loads(line)[0] for line in (Path(report["work_dir"]) / WORKLOADS).read_text().splitlines()]
-    assert not {workloads[json.loads(r)[0]] for r in new[: warm["remeasured"]]} & stored.records.keys()
+    own = {workloads[json.loads(r)[0]] for r in new[: warm["remeasured"]]} - stored.records.keys()
+    assert 0 < len(own) <= warm["transferred"]  # 96x64's own kernels, re-measured from their siblings' schedules
     assert "nearest sibling's" in (result.artifact / "report.md").read_text()
     assert report["checks"]["tuned_vs_untuned"]["differ_outside_ties"] == 0
 
@@ -317,8 +319,8 @@ def test_a_run_at_another_input_size_begins_from_the_siblings_records(dirs, host
 def test_every_kernel_at_one_input_size_has_its_sibling_at_another():
     """Over the whole network: the kernels of Tiny at 96x64 that 64x96 does not share find, of
     64x96's kernels, the same kernel transposed (argument shapes with height and width swapped)
-    or one as near; only a few find none (where a side of 1 simplifies the kernel's loops, common
-    at this small size: 9 of 83 here, 1 of 97 for 512x704 against 512x512)."""
+    or one as near; a few find none (where a side of 1 simplifies the kernel's loops, common at
+    this small size, or the attention's flattened shapes differ in more than H and W: 16 of 83)."""
     from model.weights import load_model
     from pipeline.compile.build import build_spec, import_network, with_tail
     from rpc.linkers import build_config
@@ -334,11 +336,12 @@ def test_every_kernel_at_one_input_size_has_its_sibling_at_another():
         kernels[size] = {tuning.workload_key(t): (siblings.family(m), siblings.arg_shapes(m))
                          for t in tasks for m in t.dispatched[:1]}
     a, b = kernels[SIZE], kernels[SIZE[::-1]]
+    assert siblings.distance([[1, 16, 6, 4, 16]], [[1, 32, 6, 4, 16]]) == float("inf")  # other channels: not a sibling
     assert len({fam for fam, _s in a.values()}) > len(a) / 3  # kernels are told apart
     own = {key: v for key, v in b.items() if key not in a}
     found = {key: siblings.closest(shapes, {k: s for k, (f, s) in a.items() if f == fam})
              for key, (fam, shapes) in own.items()}
-    assert sum(v is None for v in found.values()) <= len(own) / 6
+    assert sum(v is None for v in found.values()) <= len(own) / 4
     for key, sibling in found.items():
         shapes = own[key][1]
         assert sibling is None or siblings.distance(shapes, a[sibling][1]) <= siblings.distance(
