@@ -36,13 +36,13 @@ class Prior:
     @classmethod
     def gather(cls, files: list[RecordFile], tasks: list[ms.ExtractedTask], model: str) -> Prior:
         """``files`` closest first; ``model`` the run's."""
-        prior = cls()
+        prior, same_model = cls(), [f for f in files if f.source.get("model") == model]
         for task in tasks:
             key = workload_key(task)
             found = next((f for f in files if key in f.records), None)
             if found is not None:
                 prior.records[key], prior.origin[key] = found.records[key], found.name
-            elif (sibling := _sibling([f for f in files if f.source.get("model") == model], task)) is not None:
+            elif (sibling := _sibling(same_model, task)) is not None:
                 prior.records[key], prior.origin[key] = sibling
                 prior.transferred.add(key)
         return prior
