@@ -28,23 +28,23 @@ def arg_shapes(mod: tvm.IRModule) -> Shapes:
 SPATIAL = (2, 3)  # the axes an input size changes: H and W in NCHW and blocked NCHWc alike
 
 
-def distance(a: Shapes, b: Shapes) -> float:
+def distance(a: Shapes, b: Shapes, free: tuple[int, ...] | None = SPATIAL) -> float:
     """How far apart two siblings' shapes are: the sum of |log| of each dimension's ratio (0:
     the same shapes; one side of two arguments 1.375x longer: 0.64). Infinite unless they differ
-    only in the spatial axes: other channel counts are another kernel, whose schedules have not
-    been shown to carry over."""
+    only in the ``free`` axes (None: any axis)."""
     if len(a) != len(b) or any(len(x) != len(y) for x, y in zip(a, b, strict=True)):
         return math.inf
-    if any(x != y for sa, sb in zip(a, b, strict=True) for i, (x, y) in enumerate(zip(sa, sb, strict=True))
-           if i not in SPATIAL):
+    if free is not None and any(x != y for sa, sb in zip(a, b, strict=True)
+                                for i, (x, y) in enumerate(zip(sa, sb, strict=True)) if i not in free):
         return math.inf
     pairs = (xy for sa, sb in zip(a, b, strict=True) for xy in zip(sa, sb, strict=True))
     return sum(abs(math.log(max(x, 1) / max(y, 1))) for x, y in pairs)
 
 
-def closest(shapes: Shapes, candidates: dict[str, Shapes]) -> str | None:
-    """The key of the candidate whose shapes are nearest ``shapes`` (None if there is none)."""
+def closest(shapes: Shapes, candidates: dict[str, Shapes], free: tuple[int, ...] | None = SPATIAL) -> str | None:
+    """The key of the candidate whose shapes are nearest ``shapes``, differing only in the
+    ``free`` axes (None if there is none)."""
     if not candidates:
         return None
-    key = min(sorted(candidates), key=lambda k: distance(shapes, candidates[k]))
-    return key if math.isfinite(distance(shapes, candidates[key])) else None
+    key = min(sorted(candidates), key=lambda k: distance(shapes, candidates[k], free))
+    return key if math.isfinite(distance(shapes, candidates[key], free)) else None

@@ -26,8 +26,9 @@ REMEASURE = 2  # stored candidates re-measured per task: the closest file's fast
 @dataclass
 class Prior:
     """The stored records of a run's tasks, each workload's from the closest file that has it,
-    else from its nearest sibling (``schedules.siblings``: other spatial sizes, the same
-    channels) in the closest file of the same model."""
+    else from its nearest sibling (``schedules.siblings``) in the closest file that has one: of
+    the same model, other spatial sizes only (another input size); else of another model, any
+    shapes (the same layer of another variant: Base from Tiny's records, other channels)."""
 
     records: dict[str, list[tuple[object, float]]] = field(default_factory=dict)  # key -> [(trace, ms)]
     origin: dict[str, str] = field(default_factory=dict)  # key -> the file's name
@@ -37,12 +38,13 @@ class Prior:
     def gather(cls, files: list[RecordFile], tasks: list[ms.ExtractedTask], model: str) -> Prior:
         """``files`` closest first; ``model`` the run's."""
         prior, same_model = cls(), [f for f in files if f.source.get("model") == model]
+        other_models = [f for f in files if f not in same_model]
         for task in tasks:
             key = workload_key(task)
             found = next((f for f in files if key in f.records), None)
             if found is not None:
                 prior.records[key], prior.origin[key] = found.records[key], found.name
-            elif (sibling := _sibling(same_model, task)) is not None:
+            elif (sibling := _sibling(same_model, task) or _sibling(other_models, task, free=None)) is not None:
                 prior.records[key], prior.origin[key] = sibling
                 prior.transferred.add(key)
         return prior
@@ -50,14 +52,24 @@ class Prior:
     def for_task(self, task: ms.ExtractedTask) -> list[tuple[object, float]]:
         return self.records.get(workload_key(task), [])
 
+    def served(self, tasks: list[ms.ExtractedTask], work_dir: str | Path) -> tuple[int, int]:
+        """How many of ``tasks`` have records in ``work_dir``'s database after re-measuring (a
+        stored trace that does not replay on its kernel serves nothing), and how many of those
+        took a sibling's."""
+        have = trials_per_task(tasks, work_dir)
+        keys = [workload_key(t) for t in tasks if have[t.task_name]]
+        return len(keys), sum(k in self.transferred for k in keys)
 
-def _sibling(files: list[RecordFile], task: ms.ExtractedTask) -> tuple[list, str] | None:
-    """The records of ``task``'s nearest sibling in the closest file that has one, and its name."""
+
+def _sibling(files: list[RecordFile], task: ms.ExtractedTask,
+             free: tuple[int, ...] | None = siblings.SPATIAL) -> tuple[list, str] | None:
+    """The records of ``task``'s nearest sibling (differing only in the ``free`` axes) in the
+    closest file that has one, and its name."""
     mod = task.dispatched[0]
     kin, shapes = siblings.family(mod), siblings.arg_shapes(mod)
     for f in files:
         same = {k: info["shapes"] for k, info in f.kernels.items() if info["family"] == kin and k in f.records}
-        if (key := siblings.closest(shapes, same)) is not None:
+        if (key := siblings.closest(shapes, same, free)) is not None:
             return f.records[key], f.name
     return None
 

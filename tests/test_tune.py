@@ -348,6 +348,30 @@ def test_every_kernel_at_one_input_size_has_its_sibling_at_another():
             shapes, _transposed(shapes)) + 1e-9
 
 
+def test_base_finds_its_layers_in_tinys_records():
+    """Base at 512x512 against the store's Tiny one-thread file: the kernels Tiny lacks take the
+    same layer of Tiny (a sibling of the same family, other channels), and the stored schedule
+    replays on most of them. Within one model, other channels are never a sibling."""
+    from model.weights import load_model
+    from pipeline.compile.build import build_spec, network_module
+    from rpc.linkers import build_config
+    from schedules import siblings, store, tuning, warm
+
+    tiny = store.load(store.STORE / "host-znver5-tiny-512x512-t1.json.gz")
+    model = load_model("base", None)
+    spec = build_spec("base", model, (512, 512), build_config("host", mode="local", threads=1, check_linker=False), None)
+    tasks = tuning.extract_tasks(network_module(model, spec, Path()), tvm.target.Target(spec.target))
+    prior = warm.Prior.gather([tiny], tasks, "base")
+    exact = len(prior.records) - len(prior.transferred)
+    assert 0 < exact < len(tasks) / 4 < len(prior.transferred)  # the layers the variants share, then siblings
+    assert len(prior.records) >= 0.9 * len(tasks)
+    replayed = [t for t in tasks if prior.for_task(t) and warm.candidate(t, prior.for_task(t)[0][0]) is not None]
+    assert len(replayed) >= 0.8 * len(tasks)
+    # Had the file been Base's own, only siblings in other H and W would count: far fewer.
+    assert len(warm.Prior.gather([tiny], tasks, "tiny").transferred) < len(prior.transferred) / 2
+    assert siblings.distance([[1, 16, 6, 4, 16]], [[1, 32, 6, 4, 16]], free=None) < float("inf")
+
+
 def _transposed(shapes: list[list[int]]) -> list[list[int]]:
     """Shapes with the two spatial dimensions (third and fourth) swapped."""
     return [[*s[:2], s[3], s[2], *s[4:]] if len(s) >= 4 else s for s in shapes]

@@ -292,7 +292,8 @@ def warm_start(run: Run, tasks: list) -> object | None:
                 f"({len(prior.transferred)} from a sibling at other shapes; {', '.join(names)})")
         t0 = time.perf_counter()
         committed = _remeasure(run, tasks, prior, target)
-        marker = {"files": names, "tasks": len(prior.records), "transferred": len(prior.transferred),
+        served, transferred = prior.served(tasks, run.work.path)
+        marker = {"files": names, "tasks": served, "transferred": transferred,
                   "remeasured": run.work.measured_trials(),
                   "committed": dict(committed), "seconds": round(time.perf_counter() - t0, 1)}
         run.work.save_warm_start(marker)
