@@ -336,6 +336,8 @@ class DeviceWatchRunner(ms.runner.PyRunner):
         self.poll_s = poll_s
         self.stopping = stopping  # checked before each batch and while waiting
         self.on_batch = on_batch  # told how many candidates each batch sends
+        self._pending: list[ms.runner.RunnerFuture] = []
+        self._finished = 0
         self.lost = False
 
     def _check_stop(self) -> None:
@@ -355,7 +357,17 @@ class DeviceWatchRunner(ms.runner.PyRunner):
                 time.sleep(self.poll_s)
             self.on_wait("a server is back; tuning continues")
         self.on_batch(len(runner_inputs))
-        return [TimedFuture(f, self.ledger) for f in self.runner.run(runner_inputs)]
+        futures = self.runner.run(runner_inputs)
+        self._pending += futures
+        return [TimedFuture(f, self.ledger) for f in futures]
+
+    def measured(self) -> int:
+        """Candidates whose measurement has ended. Polled, because MetaSchedule gathers a
+        batch's results only when its scheduler returns to that task (a first round: after it)."""
+        still = [f for f in self._pending if not f.done()]
+        self._finished += len(self._pending) - len(still)
+        self._pending = still
+        return self._finished
 
     def abort(self) -> None:
         """Drop the measurements not started yet and kill the worker processes, so that a run

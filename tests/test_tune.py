@@ -359,7 +359,8 @@ def test_base_finds_its_layers_in_tinys_records():
 
     tiny = store.load(store.STORE / "host-znver5-tiny-512x512-t1.json.gz")
     model = load_model("base", None)
-    spec = build_spec("base", model, (512, 512), build_config("host", mode="local", threads=1, check_linker=False), None)
+    config = build_config("host", mode="local", threads=1, check_linker=False)
+    spec = build_spec("base", model, (512, 512), config, None)
     tasks = tuning.extract_tasks(network_module(model, spec, Path()), tvm.target.Target(spec.target))
     prior = warm.Prior.gather([tiny], tasks, "base")
     exact = len(prior.records) - len(prior.transferred)
@@ -445,3 +446,35 @@ def test_progress_weighs_each_kernel_by_its_calls_as_the_report_does():
 
     p = TuneProgress(tasks=3, task_names=["a", "b", "c"], calls={"a": 3, "b": 1, "c": 2}, best_ms={"a": 2.0, "b": 1.0})
     assert p.best_kernels_ms() == 7.0  # c not measured yet
+
+
+def test_progress_counts_measurements_before_metaschedule_gathers_them():
+    """The progress line's "measured" follows the device (each measurement as it ends), not
+    MetaSchedule, which hands a batch's results over only when its scheduler returns to the task."""
+    import concurrent.futures
+
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.runner.rpc_runner import RPCRunnerFuture
+
+    from pipeline.tune.progress import ProgressPrinter
+    from schedules.tuning import DeviceWatchRunner
+
+    @derived_object
+    class Device(ms.runner.PyRunner):  # measures each candidate on a thread, as RPCRunner's pool does
+        def __init__(self) -> None:
+            self.pool = concurrent.futures.ThreadPoolExecutor(1)
+
+        def run(self, runner_inputs: list) -> list:
+            return [RPCRunnerFuture(self.pool.submit(lambda: [1e-3]), 10) for _ in runner_inputs]
+
+    lines: list[str] = []
+    progress = ProgressPrinter(lines.append, 0.0)
+    runner = DeviceWatchRunner(Device(), lambda: True, 1, on_batch=progress.on_batch)
+    progress.follow(runner.measured)
+    progress.start(4)
+    futures = runner.run([ms.runner.RunnerInput("candidate.so", "cpu", []) for _ in range(4)])
+    assert "trials sent 4/4  measured 0 " in lines[-1]
+    assert [[float(s) for s in f.result().run_secs] for f in futures] == [[1e-3]] * 4
+    progress.on_update(None)  # MetaSchedule has reported no task yet
+    assert "trials sent 4/4  measured 4  tasks measured 0 " in lines[-1]

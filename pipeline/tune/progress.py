@@ -8,16 +8,23 @@ from collections.abc import Callable
 
 class ProgressPrinter:
     """A progress line when a count moved, at most every 5 s (and at the end). Candidates
-    are counted when sent to the device as well as when measured, because MetaSchedule
-    reports the measurements of its first round (one batch per task) only after the round."""
+    are counted when sent to the device and when the device has measured them; the tasks
+    measured and the best-kernels sum come from MetaSchedule, which gathers a batch's
+    results only when its scheduler returns to that task (for a first round, after it)."""
 
     def __init__(self, log: Callable[[str], None], t0: float) -> None:
         self.log, self.t0 = log, t0
+        self.device_measured: Callable[[], int] = lambda: 0
         self.start(0)
+
+    def follow(self, measured: Callable[[], int]) -> None:
+        """Count measurements as the device ends them (``DeviceWatchRunner.measured``)."""
+        self.device_measured = measured
 
     def start(self, budget: int) -> None:
         """A new tuning call (phase) with its own budget."""
         self.budget, self.sent, self.progress, self.last = budget, 0, None, (0.0, (-1, -1))
+        self.measured_before = self.device_measured()
 
     def on_batch(self, candidates: int) -> None:
         self.sent += candidates
@@ -30,7 +37,7 @@ class ProgressPrinter:
     def _show(self) -> None:
         now = time.perf_counter()
         p = self.progress
-        measured = p.trials if p else 0
+        measured = min(max(self.device_measured() - self.measured_before, p.trials if p else 0), self.budget)
         counts = (self.sent, measured)
         if counts == self.last[1] or (now - self.last[0] < 5 and measured < self.budget):
             return

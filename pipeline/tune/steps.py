@@ -124,7 +124,7 @@ def untuned_timings(run: Run, tasks: list) -> dict[str, float]:
     return untuned
 
 
-def _runner(run: Run, stop: threading.Event, on_batch: Callable[[int], None], ledger: TimeLedger):  # noqa: ANN202
+def _runner(run: Run, stop: threading.Event, ledger: TimeLedger, on_batch: Callable[[int], None] = lambda _n: None):  # noqa: ANN202
     from tvm.s_tir import meta_schedule as ms
 
     from schedules import tuning
@@ -228,7 +228,8 @@ def search(run: Run, tasks: list, untuned: dict[str, float], trials: int, how: s
     builder = tuning.PooledBuilder(functools.partial(_builder_export, run.device.config.linker), ledger=run.ledger)
     stop = threading.Event()
     progress = ProgressPrinter(run.log, run.t_start)
-    runner = _runner(run, stop, progress.on_batch, run.ledger)
+    runner = _runner(run, stop, run.ledger, progress.on_batch)
+    progress.follow(runner.measured)
 
     def per_call_ms() -> dict[str, float]:
         """Each task's best measured latency so far; its untuned one until it has a record."""
@@ -306,7 +307,7 @@ def _remeasure(run: Run, tasks: list, prior: object, target: object) -> dict[str
     from schedules import tuning, warm
 
     builder = tuning.PooledBuilder(functools.partial(_builder_export, run.device.config.linker))
-    runner = _runner(run, threading.Event(), lambda _n: None, TimeLedger())
+    runner = _runner(run, threading.Event(), TimeLedger())
     try:
         with quiet_tvm():
             return warm.remeasure(tasks, prior, run.work.path, target, builder, runner)
