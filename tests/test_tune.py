@@ -129,6 +129,7 @@ def test_host_tune_produces_agreeing_libraries_and_report(host_run):
     assert any("trials" in line for line in logs)
     # One input size: no other entry to time (and no session opened for none).
     assert report["entries"] == [] and not any("of the untuned and tuned libraries" in line for line in logs)
+    assert report["memory"] is None
 
 
 def test_the_report_says_when_a_library_first_matched_onnxruntime(host_run, tmp_path):
@@ -171,6 +172,11 @@ def test_several_input_sizes_are_tuned_in_one_run(dirs, host_run):
     assert entry["checks"]["tuned_vs_untuned"]["differ_outside_ties"] == 0
     md = (result.artifact / "report.md").read_text()
     assert "| 96x64 | `main_96x64` |" in md and "(the task table: every input size's)" in md
+    # Memory: every entry's activations stay in the VM's pool, so both cost more than one.
+    memory = report["memory"]
+    assert 0 < memory["default_entry_mb"] < memory["all_entries_mb"]
+    assert memory["library_mb"] == round((result.artifact / "model.so").stat().st_size / 2**20, 1)
+    assert f"every entry in turn {memory['all_entries_mb']:.0f} MB" in md
     tuned, untuned = load(result.artifact), load(result.artifact / "untuned")
     assert [e.size for e in tuned.entries] == [(64, 96), (96, 64)]
     rng = np.random.default_rng(1)

@@ -22,18 +22,17 @@ Standard library and NumPy only: this module also runs under ``.venv-ref``.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import os
-import resource
 import sys
 import time
 import traceback
-from pathlib import Path
 from typing import IO
 
 import numpy as np
+
+from pipeline.common.memory import peak_rss_mb
 
 
 def _protocol_stream() -> IO[str]:
@@ -47,17 +46,6 @@ def _protocol_stream() -> IO[str]:
 def _reply(proto: IO[str], **payload: object) -> None:
     proto.write(json.dumps({"ok": True, **payload}) + "\n")
     proto.flush()
-
-
-def peak_rss_mb() -> float:
-    """This process's own peak resident memory. Linux keeps ``ru_maxrss`` across exec, so a
-    worker started by a large orchestrator would report the orchestrator's peak; VmHWM
-    belongs to the address space, which exec replaces."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0  # kB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # no /proc: the kernel's own peak (KiB)
 
 
 def _serve(module, spec: dict, proto: IO[str]) -> None:  # noqa: ANN001 - an engine module

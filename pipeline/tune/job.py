@@ -212,6 +212,7 @@ def _measure_and_report(run, req: TuneRequest, modules: dict, tasks: list, untun
         timings, labels, conditions = steps.measure(run, built, x, rounds)
         checks = steps.check(built["tuned"].meta, labels, x, weights)
         entries = steps.measure_entries(run, built, _entry_inputs(run.spec, model), max(3, rounds // 3), weights)
+        memory = steps.resident_memory(run, built)
         tuned_tasks = time_tasks(device, tasks, work.path, work.library_path("tasks-tuned"))
     parts = []
     if req.profile:
@@ -227,7 +228,7 @@ def _measure_and_report(run, req: TuneRequest, modules: dict, tasks: list, untun
     padding = padding_placements(tasks, device.tvm_target(), work.path)
     report = tuning_report(run, req, tasks, timings, conditions, checks, untuned, tuned_tasks, parts, k_present,
                            before, curve, padding)
-    report["entries"], report["onnxruntime"] = entries, crossing
+    report["entries"], report["memory"], report["onnxruntime"] = entries, memory, crossing
     write_report(run.out_dir, report)
     work.save_report(report)
     run.log(f"untuned {report['untuned']['median_ms']:.1f} ms, tuned {report['tuned']['median_ms']:.1f} ms "

@@ -100,6 +100,11 @@ def _entries(report: dict) -> list[str]:
         differ = e["checks"]["tuned_vs_untuned"]["differ_outside_ties"]
         lines.append(f"| {e['input_size'][0]}x{e['input_size'][1]} | `{e['function']}` | {e['untuned_ms']:.2f} | "
                      f"{e['tuned_ms']:.2f} | {e['tuned_ms'] / e['untuned_ms']:.3f} | {differ} pixels differ |")
+    if memory := report.get("memory"):
+        lines += ["", "Memory on this host (a fresh process each, resident beyond Python and TVM): the default "
+                  f"entry alone {memory['default_entry_mb']:.0f} MB, every entry in turn "
+                  f"{memory['all_entries_mb']:.0f} MB (the VM keeps each entry's activations in its pool); "
+                  f"model.so {memory['library_mb']:.1f} MB, the weights stored once."]
     return [*lines, ""]
 
 

@@ -369,6 +369,22 @@ def measure_entries(run: Run, built: dict[str, Built], inputs: dict[str, np.ndar
             for function, x in inputs.items()]
 
 
+def resident_memory(run: Run, built: dict[str, Built]) -> dict | None:
+    """A host library of several sizes: its file size, and the resident memory of a fresh
+    process running its default entry alone against every entry in turn
+    (``pipeline.deploy.resident``). None for one size or another device."""
+    from pipeline.compile.artifact import LIBRARY, entries
+    from pipeline.deploy.resident import resident_mb
+
+    if len(run.spec.sizes) == 1 or run.spec.device != "host":
+        return None
+    tuned = built["tuned"].directory
+    mains = [e["main"] for e in entries(built["tuned"].meta)]
+    run.log("measuring the resident memory of the default entry alone and of every entry in turn")
+    return {"library_mb": round((tuned / LIBRARY).stat().st_size / 2**20, 1),
+            "default_entry_mb": resident_mb(tuned, mains[:1]), "all_entries_mb": resident_mb(tuned, mains)}
+
+
 def check(tuned_meta: dict, labels: dict[str, np.ndarray], x: np.ndarray, weights: str | None) -> dict:
     """Tuned against untuned labels (must agree outside ties) and untuned against PyTorch."""
     from pipeline.deploy.remote import agreement, host_reference
