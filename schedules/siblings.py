@@ -44,7 +44,5 @@ def distance(a: Shapes, b: Shapes, free: tuple[int, ...] | None = SPATIAL) -> fl
 def closest(shapes: Shapes, candidates: dict[str, Shapes], free: tuple[int, ...] | None = SPATIAL) -> str | None:
     """The key of the candidate whose shapes are nearest ``shapes``, differing only in the
     ``free`` axes (None if there is none)."""
-    if not candidates:
-        return None
-    key = min(sorted(candidates), key=lambda k: distance(shapes, candidates[k], free))
-    return key if math.isfinite(distance(shapes, candidates[key], free)) else None
+    nearest, key = min(((distance(shapes, candidates[k], free), k) for k in candidates), default=(math.inf, None))
+    return key if math.isfinite(nearest) else None

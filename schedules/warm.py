@@ -44,7 +44,7 @@ class Prior:
             found = next((f for f in files if key in f.records), None)
             if found is not None:
                 prior.records[key], prior.origin[key] = found.records[key], found.name
-            elif (sibling := _sibling(same_model, task) or _sibling(other_models, task, free=None)) is not None:
+            elif (sibling := _sibling(task, [(same_model, siblings.SPATIAL), (other_models, None)])) is not None:
                 prior.records[key], prior.origin[key] = sibling
                 prior.transferred.add(key)
         return prior
@@ -61,16 +61,17 @@ class Prior:
         return len(keys), sum(k in self.transferred for k in keys)
 
 
-def _sibling(files: list[RecordFile], task: ms.ExtractedTask,
-             free: tuple[int, ...] | None = siblings.SPATIAL) -> tuple[list, str] | None:
-    """The records of ``task``'s nearest sibling (differing only in the ``free`` axes) in the
-    closest file that has one, and its name."""
+def _sibling(task: ms.ExtractedTask,
+             searches: list[tuple[list[RecordFile], tuple[int, ...] | None]]) -> tuple[list, str] | None:
+    """The records of ``task``'s nearest sibling, and its file's name: from the first search
+    (files, closest first; the axes a sibling may differ in) whose files have one."""
     mod = task.dispatched[0]
-    kin, shapes = siblings.family(mod), siblings.arg_shapes(mod)
-    for f in files:
-        same = {k: info["shapes"] for k, info in f.kernels.items() if info["family"] == kin and k in f.records}
-        if (key := siblings.closest(shapes, same, free)) is not None:
-            return f.records[key], f.name
+    kin, shapes = siblings.family(mod), siblings.arg_shapes(mod)  # the TVMScript printed once per kernel
+    for files, free in searches:
+        for f in files:
+            same = {k: info["shapes"] for k, info in f.kernels.items() if info["family"] == kin and k in f.records}
+            if (key := siblings.closest(shapes, same, free)) is not None:
+                return f.records[key], f.name
     return None
 
 

@@ -24,7 +24,8 @@ def resident_mb(directory: str | Path, functions: list[str]) -> float:
                           capture_output=True, text=True, timeout=TIMEOUT_S, check=False,
                           env={**os.environ, "TVM_NUM_THREADS": "1"})
     if proc.returncode != 0:
-        raise RuntimeError(f"measuring the memory of {directory}: {proc.stderr.strip().splitlines()[-1:]}")
+        last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        raise RuntimeError(f"measuring the memory of {directory}: {last}")
     return json.loads(proc.stdout.strip().splitlines()[-1])["resident_mb"]
 
 
