@@ -172,9 +172,10 @@ def test_several_input_sizes_are_tuned_in_one_run(dirs, host_run):
     assert entry["checks"]["tuned_vs_untuned"]["differ_outside_ties"] == 0
     md = (result.artifact / "report.md").read_text()
     assert "| 96x64 | `main_96x64` |" in md and "(the task table: every input size's)" in md
-    # Memory: every entry's activations stay in the VM's pool, so both cost more than one.
+    # Memory, each measured in its own process. At 64x96 a second entry's activations (about
+    # 0.1 MB) are below the noise of resident memory, so which is larger is not asserted here.
     memory = report["memory"]
-    assert 0 < memory["default_entry_mb"] < memory["all_entries_mb"]
+    assert memory["default_entry_mb"] > 0 and memory["all_entries_mb"] > 0
     assert memory["library_mb"] == round((result.artifact / "model.so").stat().st_size / 2**20, 1)
     assert f"every entry in turn {memory['all_entries_mb']:.0f} MB" in md
     tuned, untuned = load(result.artifact), load(result.artifact / "untuned")
